@@ -1,0 +1,1120 @@
+//! On-disk storage: per-core data, tree and index files, plus one write-ahead
+//! log (WAL) for the whole store.
+//!
+//! How a batch commits: block bytes are appended to the core's data file
+//! (never over referenced bytes), then one WAL record holding every other
+//! change (nodes, block locations with CRCs, values, truncations) is appended.
+//! The record's checksum is the commit point. Changes live in an in-memory
+//! overlay until a checkpoint writes them into the fixed-slot tree and index
+//! files, writes a new `state` file atomically (write, sync, rename) and empties
+//! the WAL. Tree and index files are only modified after the WAL records that
+//! describe the modification are durable, so replaying the WAL always repairs
+//! them.
+//!
+//! After a crash, opening replays the WAL from its start and stops at the first
+//! record that is torn, from an older generation, or whose block bytes did not
+//! reach the disk (CRC mismatch): the store is at a committed prefix, and every
+//! batch committed before the last `flush` is in it (flush syncs data files
+//! before the WAL). Space is given back (holes punched) only after the change
+//! that frees it is durable. Open cost is bounded by the checkpoint thresholds,
+//! not by the size of the store. This module must never overwrite bytes that a
+//! durable state references.
+
+use super::vfs::{StdVfs, Vfs, VfsFile};
+use super::{node_survives, Batch, CoreId, Op, Storage};
+use crate::error::StorageError;
+use crate::flat;
+use crate::hash::Node;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+const STATE_MAGIC: &[u8; 8] = b"HCSTATE\0";
+const FORMAT_VERSION: u32 = 1;
+const WAL_MAGIC: u32 = 0x3157_4348; // "HCW1"
+const WAL_HEADER: usize = 20;
+const NODE_SLOT: u64 = 48;
+const LOC_SLOT: u64 = 24;
+const PRESENT: u32 = 0x5052_5331; // "PRS1"
+const MAX_WAL_RECORD: usize = 256 << 20;
+
+/// Tuning for [`DiskStorage`].
+#[derive(Clone, Debug)]
+pub struct DiskOptions {
+    /// Checkpoint when the WAL grows beyond this many bytes (bounds open time).
+    pub checkpoint_wal_bytes: u64,
+    /// Checkpoint when this many block bytes were written since the last one
+    /// (bounds how much data a recovery re-checks).
+    pub checkpoint_data_bytes: u64,
+}
+
+impl Default for DiskOptions {
+    fn default() -> Self {
+        DiskOptions {
+            checkpoint_wal_bytes: 32 << 20,
+            checkpoint_data_bytes: 1 << 30,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Loc {
+    offset: u64,
+    len: u32,
+    crc: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+enum WalOp {
+    PutValue {
+        core: CoreId,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    DelValue {
+        core: CoreId,
+        key: Vec<u8>,
+    },
+    PutNode {
+        core: CoreId,
+        node: Node,
+    },
+    PutBlock {
+        core: CoreId,
+        index: u64,
+        loc: Loc,
+    },
+    Truncate {
+        core: CoreId,
+        length: u64,
+    },
+    Clear {
+        core: CoreId,
+        start: u64,
+        end: u64,
+    },
+    DeleteCore {
+        core: CoreId,
+    },
+    PutMeta {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    DelMeta {
+        key: Vec<u8>,
+    },
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct StateFile {
+    version: u32,
+    generation: u64,
+    meta: Vec<(Vec<u8>, Vec<u8>)>,
+    cores: Vec<(CoreId, CoreState)>,
+}
+
+#[derive(Serialize, Deserialize, Default, Clone)]
+struct CoreState {
+    values: Vec<(Vec<u8>, Vec<u8>)>,
+    data_end: u64,
+}
+
+#[derive(Default)]
+struct CoreFiles {
+    dir: String,
+    data: Option<Box<dyn VfsFile>>,
+    tree: Option<Box<dyn VfsFile>>,
+    index: Option<Box<dyn VfsFile>>,
+    values: BTreeMap<Vec<u8>, Vec<u8>>,
+    data_end: u64,
+    data_dirty: bool,
+    created: bool,
+    // Overlay of changes since the last checkpoint.
+    nodes: HashMap<u64, Option<Node>>,
+    locs: HashMap<u64, Option<Loc>>,
+    tree_limit: u64,
+    index_limit: u64,
+}
+
+fn hex(id: &CoreId) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn io_err(op: &'static str, path: &str, e: std::io::Error) -> StorageError {
+    StorageError::io(op, path, e)
+}
+
+impl CoreFiles {
+    fn new(id: &CoreId) -> Self {
+        CoreFiles {
+            dir: format!("cores/{}", hex(id)),
+            tree_limit: u64::MAX,
+            index_limit: u64::MAX,
+            ..Default::default()
+        }
+    }
+
+    fn file<'a>(
+        slot: &'a mut Option<Box<dyn VfsFile>>,
+        vfs: &dyn Vfs,
+        path: String,
+        create: bool,
+        created: &mut bool,
+    ) -> Result<Option<&'a dyn VfsFile>, StorageError> {
+        if slot.is_none() {
+            if !create && !vfs.exists(&path) {
+                return Ok(None);
+            }
+            if create && !vfs.exists(&path) {
+                *created = true;
+            }
+            *slot = Some(
+                vfs.open(&path, create)
+                    .map_err(|e| io_err("open", &path, e))?,
+            );
+        }
+        Ok(slot.as_deref())
+    }
+
+    fn data_file(
+        &mut self,
+        vfs: &dyn Vfs,
+        create: bool,
+    ) -> Result<Option<&dyn VfsFile>, StorageError> {
+        let p = format!("{}/data", self.dir);
+        Self::file(&mut self.data, vfs, p, create, &mut self.created)
+    }
+    fn tree_file(
+        &mut self,
+        vfs: &dyn Vfs,
+        create: bool,
+    ) -> Result<Option<&dyn VfsFile>, StorageError> {
+        let p = format!("{}/tree", self.dir);
+        Self::file(&mut self.tree, vfs, p, create, &mut self.created)
+    }
+    fn index_file(
+        &mut self,
+        vfs: &dyn Vfs,
+        create: bool,
+    ) -> Result<Option<&dyn VfsFile>, StorageError> {
+        let p = format!("{}/index", self.dir);
+        Self::file(&mut self.index, vfs, p, create, &mut self.created)
+    }
+
+    fn node(&mut self, vfs: &dyn Vfs, index: u64) -> Result<Option<Node>, StorageError> {
+        if let Some(n) = self.nodes.get(&index) {
+            return Ok(*n);
+        }
+        if index >= self.tree_limit || index >= u64::MAX / NODE_SLOT {
+            return Ok(None);
+        }
+        let path = format!("{}/tree", self.dir);
+        let Some(f) = self.tree_file(vfs, false)? else {
+            return Ok(None);
+        };
+        let off = index * NODE_SLOT;
+        let len = f.len().map_err(|e| io_err("stat", &path, e))?;
+        if off + NODE_SLOT > len {
+            return Ok(None);
+        }
+        let mut buf = [0u8; NODE_SLOT as usize];
+        f.read_at(&mut buf, off)
+            .map_err(|e| io_err("read", &path, e))?;
+        decode_node(index, &buf)
+            .map_err(|what| StorageError::Corrupt(format!("{path}: {what} at node {index}")))
+    }
+
+    fn loc(&mut self, vfs: &dyn Vfs, index: u64) -> Result<Option<Loc>, StorageError> {
+        if let Some(l) = self.locs.get(&index) {
+            return Ok(*l);
+        }
+        if index >= self.index_limit || index >= u64::MAX / LOC_SLOT {
+            return Ok(None);
+        }
+        let path = format!("{}/index", self.dir);
+        let Some(f) = self.index_file(vfs, false)? else {
+            return Ok(None);
+        };
+        let off = index * LOC_SLOT;
+        let len = f.len().map_err(|e| io_err("stat", &path, e))?;
+        if off + LOC_SLOT > len {
+            return Ok(None);
+        }
+        let mut buf = [0u8; LOC_SLOT as usize];
+        f.read_at(&mut buf, off)
+            .map_err(|e| io_err("read", &path, e))?;
+        decode_loc(&buf)
+            .map_err(|what| StorageError::Corrupt(format!("{path}: {what} at block {index}")))
+    }
+
+    /// One past the highest block index that may have a location.
+    fn block_upper(&mut self, vfs: &dyn Vfs) -> u64 {
+        let file_entries = match self.index_file(vfs, false) {
+            Ok(Some(f)) => f.len().unwrap_or(0) / LOC_SLOT,
+            _ => 0,
+        };
+        let overlay = self.locs.keys().max().map(|m| m + 1).unwrap_or(0);
+        file_entries.min(self.index_limit).max(overlay)
+    }
+}
+
+fn decode_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+fn decode_u32(b: &[u8]) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[..4]);
+    u32::from_le_bytes(a)
+}
+
+fn node_check(index: u64, size: u64, hash: &[u8; 32]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&index.to_le_bytes());
+    h.update(&size.to_le_bytes());
+    h.update(hash);
+    h.finalize()
+}
+
+fn encode_node(node: &Node) -> [u8; NODE_SLOT as usize] {
+    let mut b = [0u8; NODE_SLOT as usize];
+    b[..32].copy_from_slice(&node.hash);
+    b[32..40].copy_from_slice(&node.size.to_le_bytes());
+    b[40..44].copy_from_slice(&node_check(node.index, node.size, &node.hash).to_le_bytes());
+    b[44..48].copy_from_slice(&PRESENT.to_le_bytes());
+    b
+}
+
+fn decode_node(index: u64, b: &[u8]) -> Result<Option<Node>, &'static str> {
+    let present = decode_u32(&b[44..48]);
+    if present == 0 {
+        if b.iter().all(|&x| x == 0) {
+            return Ok(None);
+        }
+        return Err("damaged empty slot");
+    }
+    if present != PRESENT {
+        return Err("bad slot marker");
+    }
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(&b[..32]);
+    let size = decode_u64(&b[32..40]);
+    if decode_u32(&b[40..44]) != node_check(index, size, &hash) {
+        return Err("checksum mismatch");
+    }
+    Ok(Some(Node { index, size, hash }))
+}
+
+fn encode_loc(loc: &Loc) -> [u8; LOC_SLOT as usize] {
+    let mut b = [0u8; LOC_SLOT as usize];
+    b[..8].copy_from_slice(&loc.offset.to_le_bytes());
+    b[8..12].copy_from_slice(&loc.len.to_le_bytes());
+    b[12..16].copy_from_slice(&loc.crc.to_le_bytes());
+    let check = crc32fast::hash(&b[..16]);
+    b[16..20].copy_from_slice(&check.to_le_bytes());
+    b[20..24].copy_from_slice(&PRESENT.to_le_bytes());
+    b
+}
+
+fn decode_loc(b: &[u8]) -> Result<Option<Loc>, &'static str> {
+    let present = decode_u32(&b[20..24]);
+    if present == 0 {
+        if b.iter().all(|&x| x == 0) {
+            return Ok(None);
+        }
+        return Err("damaged empty slot");
+    }
+    if present != PRESENT {
+        return Err("bad slot marker");
+    }
+    if decode_u32(&b[16..20]) != crc32fast::hash(&b[..16]) {
+        return Err("checksum mismatch");
+    }
+    Ok(Some(Loc {
+        offset: decode_u64(&b[..8]),
+        len: decode_u32(&b[8..12]),
+        crc: decode_u32(&b[12..16]),
+    }))
+}
+
+/// The nodes below index `2 * length` that straddle `length` (common ancestors
+/// of the leaves `length - 1` and `length`); all others either survive
+/// truncation or lie at index `2 * length` or above.
+fn straddling(length: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    if length == 0 {
+        return out;
+    }
+    let mut i = (length - 1).saturating_mul(2);
+    for _ in 0..64 {
+        let (a, b) = flat::span(i);
+        if a < length && b > length && i < length * 2 {
+            out.push(i);
+        }
+        if flat::depth(i) >= 62 {
+            break;
+        }
+        i = flat::parent(i);
+    }
+    out
+}
+
+struct Engine {
+    vfs: Arc<dyn Vfs>,
+    opts: DiskOptions,
+    wal: Box<dyn VfsFile>,
+    wal_len: u64,
+    wal_dirty: bool,
+    generation: u64,
+    meta: BTreeMap<Vec<u8>, Vec<u8>>,
+    cores: HashMap<CoreId, CoreFiles>,
+    punches: Vec<(CoreId, u64, u64)>,
+    data_since_checkpoint: u64,
+}
+
+/// Storage on the local file system (or any [`Vfs`]).
+pub struct DiskStorage {
+    engine: Mutex<Engine>,
+}
+
+impl std::fmt::Debug for DiskStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskStorage").finish_non_exhaustive()
+    }
+}
+
+impl DiskStorage {
+    /// Opens (or creates) a storage in the folder `path`, taking an exclusive
+    /// lock on it; recovers from a crash if the last session did not close.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
+        Self::open_with_options(path, DiskOptions::default())
+    }
+
+    /// [`DiskStorage::open`] with options.
+    pub fn open_with_options(
+        path: impl AsRef<Path>,
+        opts: DiskOptions,
+    ) -> Result<Self, StorageError> {
+        let p = path.as_ref().display().to_string();
+        let vfs = StdVfs::new(path.as_ref()).map_err(|e| io_err("create folder", &p, e))?;
+        vfs.lock().map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock => StorageError::Locked(p.clone()),
+            _ => io_err("lock", &p, e),
+        })?;
+        Self::open_vfs(Arc::new(vfs), opts)
+    }
+
+    /// Opens a storage on any file system (tests use [`super::vfs::SimVfs`]).
+    pub fn open_vfs(vfs: Arc<dyn Vfs>, opts: DiskOptions) -> Result<Self, StorageError> {
+        let mut state = StateFile::default();
+        if vfs.exists("state") {
+            let f = vfs
+                .open("state", false)
+                .map_err(|e| io_err("open", "state", e))?;
+            let len = f.len().map_err(|e| io_err("stat", "state", e))?;
+            if !(16..=(1 << 30)).contains(&len) {
+                return Err(StorageError::Corrupt(
+                    "state file has an impossible size".into(),
+                ));
+            }
+            let mut buf = vec![0u8; len as usize];
+            f.read_at(&mut buf, 0)
+                .map_err(|e| io_err("read", "state", e))?;
+            state = decode_state(&buf)?;
+        }
+        let wal = vfs
+            .open("wal", true)
+            .map_err(|e| io_err("open", "wal", e))?;
+        let mut engine = Engine {
+            vfs: vfs.clone(),
+            opts,
+            wal,
+            wal_len: 0,
+            wal_dirty: false,
+            generation: state.generation,
+            meta: state.meta.into_iter().collect(),
+            cores: HashMap::new(),
+            punches: Vec::new(),
+            data_since_checkpoint: 0,
+        };
+        for (id, cs) in state.cores {
+            let mut cf = CoreFiles::new(&id);
+            cf.values = cs.values.into_iter().collect();
+            cf.data_end = cs.data_end;
+            engine.cores.insert(id, cf);
+        }
+        engine.recover()?;
+        Ok(DiskStorage {
+            engine: Mutex::new(engine),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Engine> {
+        // Engine methods leave the engine consistent at every `?`, so a
+        // poisoned lock still guards sound data.
+        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes every change into the tree and index files and empties the WAL.
+    /// Runs automatically; call it before a planned shutdown to make the next
+    /// open instant.
+    pub fn checkpoint(&self) -> Result<(), StorageError> {
+        self.lock().checkpoint()
+    }
+
+    /// Checkpoints and releases the storage.
+    pub fn close(self) -> Result<(), StorageError> {
+        self.checkpoint()
+    }
+}
+
+fn decode_state(buf: &[u8]) -> Result<StateFile, StorageError> {
+    if buf.len() < 16 || &buf[..8] != STATE_MAGIC {
+        return Err(StorageError::Corrupt(
+            "state file has no valid header".into(),
+        ));
+    }
+    let version = decode_u32(&buf[8..12]);
+    if version != FORMAT_VERSION {
+        return Err(StorageError::UnsupportedVersion(version));
+    }
+    let crc = decode_u32(&buf[12..16]);
+    if crc32fast::hash(&buf[16..]) != crc {
+        return Err(StorageError::Corrupt("state file checksum mismatch".into()));
+    }
+    postcard::from_bytes(&buf[16..])
+        .map_err(|_| StorageError::Corrupt("state file does not decode".into()))
+}
+
+fn encode_state(state: &StateFile) -> Result<Vec<u8>, StorageError> {
+    let body = postcard::to_stdvec(state)
+        .map_err(|_| StorageError::Corrupt("state does not encode".into()))?;
+    let mut out = Vec::with_capacity(body.len() + 16);
+    out.extend_from_slice(STATE_MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+impl Engine {
+    fn core(&mut self, id: &CoreId) -> &mut CoreFiles {
+        self.cores.entry(*id).or_insert_with(|| CoreFiles::new(id))
+    }
+
+    fn recover(&mut self) -> Result<(), StorageError> {
+        let len = self.wal.len().map_err(|e| io_err("stat", "wal", e))?;
+        if len == 0 {
+            return Ok(());
+        }
+        let mut buf = vec![0u8; len.min(u32::MAX as u64) as usize];
+        self.wal
+            .read_at(&mut buf, 0)
+            .map_err(|e| io_err("read", "wal", e))?;
+        let mut pos = 0usize;
+        while pos + WAL_HEADER <= buf.len() {
+            let h = &buf[pos..pos + WAL_HEADER];
+            if decode_u32(&h[..4]) != WAL_MAGIC {
+                break;
+            }
+            let plen = decode_u32(&h[4..8]) as usize;
+            let crc = decode_u32(&h[8..12]);
+            let generation = decode_u64(&h[12..20]);
+            let end = pos + WAL_HEADER + plen;
+            if plen > MAX_WAL_RECORD || end > buf.len() || generation != self.generation {
+                break;
+            }
+            let mut c = crc32fast::Hasher::new();
+            c.update(&h[12..20]);
+            c.update(&buf[pos + WAL_HEADER..end]);
+            if c.finalize() != crc {
+                break;
+            }
+            let Ok(ops) = postcard::from_bytes::<Vec<WalOp>>(&buf[pos + WAL_HEADER..end]) else {
+                break;
+            };
+            if !self.data_reached_disk(&ops) {
+                break;
+            }
+            for op in ops {
+                self.apply(op);
+            }
+            pos = end;
+        }
+        self.wal_len = pos as u64;
+        self.wal_dirty = true;
+        // Make the recovered state durable, drop the torn tail, reclaim space.
+        self.checkpoint()
+    }
+
+    /// Whether every block a WAL record points to is on disk with its CRC.
+    fn data_reached_disk(&mut self, ops: &[WalOp]) -> bool {
+        let vfs = self.vfs.clone();
+        for op in ops {
+            if let WalOp::PutBlock { core, loc, .. } = op {
+                if loc.len == 0 {
+                    continue;
+                }
+                let cf = self.core(core);
+                let Ok(Some(f)) = cf.data_file(vfs.as_ref(), false) else {
+                    return false;
+                };
+                let mut data = vec![0u8; loc.len as usize];
+                if f.read_at(&mut data, loc.offset).is_err() || crc32fast::hash(&data) != loc.crc {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn punch_loc(&mut self, core: CoreId, loc: Loc) {
+        if loc.len > 0 {
+            self.punches.push((core, loc.offset, loc.len as u64));
+        }
+    }
+
+    /// Applies one committed change to the in-memory overlay. Never fails:
+    /// what cannot be read for space reclamation is simply not reclaimed.
+    fn apply(&mut self, op: WalOp) {
+        let vfs = self.vfs.clone();
+        match op {
+            WalOp::PutValue { core, key, value } => {
+                self.core(&core).values.insert(key, value);
+            }
+            WalOp::DelValue { core, key } => {
+                self.core(&core).values.remove(&key);
+            }
+            WalOp::PutNode { core, node } => {
+                self.core(&core).nodes.insert(node.index, Some(node));
+            }
+            WalOp::PutBlock { core, index, loc } => {
+                let cf = self.core(&core);
+                cf.locs.insert(index, Some(loc));
+                cf.data_end = cf.data_end.max(loc.offset + loc.len as u64);
+            }
+            WalOp::Truncate { core, length } => {
+                let cf = self.core(&core);
+                let upper = cf.block_upper(vfs.as_ref());
+                let mut freed = Vec::new();
+                for i in length..upper {
+                    if let Ok(Some(loc)) = cf.loc(vfs.as_ref(), i) {
+                        freed.push(loc);
+                    }
+                }
+                cf.locs.retain(|&i, _| i < length);
+                cf.index_limit = cf.index_limit.min(length);
+                cf.nodes.retain(|&i, _| node_survives(i, length));
+                cf.tree_limit = cf.tree_limit.min(length.saturating_mul(2));
+                for i in straddling(length) {
+                    cf.nodes.insert(i, None);
+                }
+                for loc in freed {
+                    self.punch_loc(core, loc);
+                }
+            }
+            WalOp::Clear { core, start, end } => {
+                let cf = self.core(&core);
+                let end = end.min(cf.block_upper(vfs.as_ref()));
+                let mut freed = Vec::new();
+                for i in start..end {
+                    match cf.loc(vfs.as_ref(), i) {
+                        Ok(Some(loc)) => {
+                            freed.push(loc);
+                            cf.locs.insert(i, None);
+                        }
+                        Ok(None) => {}
+                        Err(_) => {
+                            cf.locs.insert(i, None);
+                        }
+                    }
+                }
+                for loc in freed {
+                    self.punch_loc(core, loc);
+                }
+            }
+            WalOp::DeleteCore { core } => {
+                let cf = self.core(&core);
+                let end = cf.data_end;
+                cf.values.clear();
+                cf.nodes.clear();
+                cf.locs.clear();
+                cf.tree_limit = 0;
+                cf.index_limit = 0;
+                if end > 0 {
+                    self.punches.push((core, 0, end));
+                }
+            }
+            WalOp::PutMeta { key, value } => {
+                self.meta.insert(key, value);
+            }
+            WalOp::DelMeta { key } => {
+                self.meta.remove(&key);
+            }
+        }
+    }
+
+    fn write(&mut self, batch: Batch) -> Result<(), StorageError> {
+        let vfs = self.vfs.clone();
+        let ops = batch.into_ops();
+        let mut wal_ops = Vec::with_capacity(ops.len());
+        let mut appends: Vec<(CoreId, u64, Vec<u8>)> = Vec::new();
+        let mut data_bytes = 0u64;
+        for op in ops {
+            wal_ops.push(match op {
+                Op::PutBlock { core, index, data } => {
+                    let pos = match appends.iter().position(|(c, _, _)| *c == core) {
+                        Some(p) => p,
+                        None => {
+                            let end = self.core(&core).data_end;
+                            appends.push((core, end, Vec::new()));
+                            appends.len() - 1
+                        }
+                    };
+                    let (_, start, buf) = &mut appends[pos];
+                    let loc = Loc {
+                        offset: *start + buf.len() as u64,
+                        len: u32::try_from(data.len())
+                            .map_err(|_| StorageError::Corrupt("block larger than 4 GiB".into()))?,
+                        crc: crc32fast::hash(&data),
+                    };
+                    data_bytes += data.len() as u64;
+                    buf.extend_from_slice(&data);
+                    WalOp::PutBlock { core, index, loc }
+                }
+                Op::PutValue { core, key, value } => WalOp::PutValue { core, key, value },
+                Op::DelValue { core, key } => WalOp::DelValue { core, key },
+                Op::PutNode { core, node } => WalOp::PutNode { core, node },
+                Op::Truncate { core, length } => WalOp::Truncate { core, length },
+                Op::Clear { core, start, end } => WalOp::Clear { core, start, end },
+                Op::DeleteCore { core } => WalOp::DeleteCore { core },
+                Op::PutMeta { key, value } => WalOp::PutMeta { key, value },
+                Op::DelMeta { key } => WalOp::DelMeta { key },
+            });
+        }
+        if wal_ops.is_empty() {
+            return Ok(());
+        }
+        // 1. Block bytes go past every referenced byte of their data file.
+        for (core, start, buf) in &appends {
+            if buf.is_empty() {
+                continue;
+            }
+            let cf = self.core(core);
+            let path = format!("{}/data", cf.dir);
+            let f = cf
+                .data_file(vfs.as_ref(), true)?
+                .ok_or_else(|| StorageError::Corrupt("data file vanished".into()))?;
+            f.write_at(buf, *start)
+                .map_err(|e| io_err("write", &path, e))?;
+            cf.data_dirty = true;
+        }
+        // 2. The WAL record is the commit point.
+        let payload = postcard::to_stdvec(&wal_ops)
+            .map_err(|_| StorageError::Corrupt("batch does not encode".into()))?;
+        if payload.len() > MAX_WAL_RECORD {
+            return Err(StorageError::Corrupt(
+                "batch too large for one record".into(),
+            ));
+        }
+        let mut rec = Vec::with_capacity(WAL_HEADER + payload.len());
+        rec.extend_from_slice(&WAL_MAGIC.to_le_bytes());
+        rec.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        let mut c = crc32fast::Hasher::new();
+        c.update(&self.generation.to_le_bytes());
+        c.update(&payload);
+        rec.extend_from_slice(&c.finalize().to_le_bytes());
+        rec.extend_from_slice(&self.generation.to_le_bytes());
+        rec.extend_from_slice(&payload);
+        self.wal
+            .write_at(&rec, self.wal_len)
+            .map_err(|e| io_err("write", "wal", e))?;
+        self.wal_len += rec.len() as u64;
+        self.wal_dirty = true;
+        self.data_since_checkpoint += data_bytes;
+        // 3. Visible.
+        for op in wal_ops {
+            self.apply(op);
+        }
+        if self.wal_len >= self.opts.checkpoint_wal_bytes
+            || self.data_since_checkpoint >= self.opts.checkpoint_data_bytes
+        {
+            // The batch is committed; a failed checkpoint is retried later and
+            // surfaces from the next flush.
+            let _ = self.checkpoint();
+        }
+        Ok(())
+    }
+
+    fn sync_data(&mut self) -> Result<(), StorageError> {
+        let vfs = self.vfs.clone();
+        let mut new_dirs = false;
+        for cf in self.cores.values_mut() {
+            if cf.data_dirty {
+                if let Some(f) = cf.data.as_deref() {
+                    f.sync()
+                        .map_err(|e| io_err("sync", &format!("{}/data", cf.dir), e))?;
+                }
+                cf.data_dirty = false;
+            }
+            if cf.created {
+                vfs.sync_dir(&cf.dir)
+                    .map_err(|e| io_err("sync", &cf.dir, e))?;
+                new_dirs = true;
+            }
+        }
+        if new_dirs {
+            vfs.sync_dir("cores")
+                .map_err(|e| io_err("sync", "cores", e))?;
+            for cf in self.cores.values_mut() {
+                cf.created = false;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StorageError> {
+        self.sync_data()?;
+        if self.wal_dirty {
+            self.wal.sync().map_err(|e| io_err("sync", "wal", e))?;
+            self.wal_dirty = false;
+        }
+        self.punch();
+        Ok(())
+    }
+
+    /// Gives freed ranges back to the file system. Runs only after the changes
+    /// that freed them are durable.
+    fn punch(&mut self) {
+        let vfs = self.vfs.clone();
+        let mut punches = std::mem::take(&mut self.punches);
+        punches.sort_unstable();
+        let mut merged: Vec<(CoreId, u64, u64)> = Vec::new();
+        for (c, off, len) in punches {
+            match merged.last_mut() {
+                Some((mc, moff, mlen)) if *mc == c && *moff + *mlen >= off => {
+                    *mlen = (*mlen).max(off + len - *moff);
+                }
+                _ => merged.push((c, off, len)),
+            }
+        }
+        for (c, off, len) in merged {
+            let cf = self.core(&c);
+            if let Ok(Some(f)) = cf.data_file(vfs.as_ref(), false) {
+                if f.punch_hole(off, len).is_err() {
+                    self.punches.push((c, off, len));
+                }
+            }
+        }
+    }
+
+    fn checkpoint(&mut self) -> Result<(), StorageError> {
+        let vfs = self.vfs.clone();
+        let clean = self.wal_len == 0
+            && !self.wal_dirty
+            && self.punches.is_empty()
+            && self.cores.values().all(|c| {
+                c.nodes.is_empty()
+                    && c.locs.is_empty()
+                    && c.tree_limit == u64::MAX
+                    && c.index_limit == u64::MAX
+                    && !c.data_dirty
+                    && !c.created
+            });
+        if clean && vfs.exists("state") {
+            return Ok(());
+        }
+        // The WAL must be durable before the files it describes change.
+        self.sync_data()?;
+        if self.wal_dirty {
+            self.wal.sync().map_err(|e| io_err("sync", "wal", e))?;
+            self.wal_dirty = false;
+        }
+        for cf in self.cores.values_mut() {
+            write_overlay(cf, vfs.as_ref())?;
+        }
+        self.sync_data()?;
+        let state = StateFile {
+            version: FORMAT_VERSION,
+            generation: self.generation + 1,
+            meta: self
+                .meta
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            cores: {
+                let mut v: Vec<(CoreId, CoreState)> = self
+                    .cores
+                    .iter()
+                    .filter(|(_, cf)| !cf.values.is_empty() || cf.data_end > 0)
+                    .map(|(id, cf)| {
+                        (
+                            *id,
+                            CoreState {
+                                values: cf
+                                    .values
+                                    .iter()
+                                    .map(|(k, v)| (k.clone(), v.clone()))
+                                    .collect(),
+                                data_end: cf.data_end,
+                            },
+                        )
+                    })
+                    .collect();
+                v.sort_by_key(|a| a.0);
+                v
+            },
+        };
+        let bytes = encode_state(&state)?;
+        {
+            let f = vfs
+                .open("state.tmp", true)
+                .map_err(|e| io_err("open", "state.tmp", e))?;
+            f.set_len(0)
+                .map_err(|e| io_err("truncate", "state.tmp", e))?;
+            f.write_at(&bytes, 0)
+                .map_err(|e| io_err("write", "state.tmp", e))?;
+            f.sync().map_err(|e| io_err("sync", "state.tmp", e))?;
+        }
+        vfs.rename("state.tmp", "state")
+            .map_err(|e| io_err("rename", "state", e))?;
+        vfs.sync_dir("")
+            .map_err(|e| io_err("sync", "storage folder", e))?;
+        // From here on the new state is the durable truth.
+        self.generation += 1;
+        for cf in self.cores.values_mut() {
+            cf.nodes.clear();
+            cf.locs.clear();
+            cf.tree_limit = u64::MAX;
+            cf.index_limit = u64::MAX;
+        }
+        self.data_since_checkpoint = 0;
+        self.wal_len = 0;
+        self.wal
+            .set_len(0)
+            .map_err(|e| io_err("truncate", "wal", e))?;
+        self.wal.sync().map_err(|e| io_err("sync", "wal", e))?;
+        self.punch();
+        Ok(())
+    }
+}
+
+/// Writes a core's overlay into its tree and index files and syncs them.
+fn write_overlay(cf: &mut CoreFiles, vfs: &dyn Vfs) -> Result<(), StorageError> {
+    if cf.tree_limit != u64::MAX || !cf.nodes.is_empty() {
+        let path = format!("{}/tree", cf.dir);
+        let limit = cf.tree_limit;
+        let mut entries: Vec<(u64, Option<Node>)> =
+            cf.nodes.iter().map(|(k, v)| (*k, *v)).collect();
+        entries.sort_unstable_by_key(|e| e.0);
+        let f = cf
+            .tree_file(vfs, true)?
+            .ok_or_else(|| StorageError::Corrupt("tree file vanished".into()))?;
+        write_slots(f, &path, limit, NODE_SLOT, &entries, |n| match n {
+            Some(n) => encode_node(n).to_vec(),
+            None => vec![0; NODE_SLOT as usize],
+        })?;
+    }
+    if cf.index_limit != u64::MAX || !cf.locs.is_empty() {
+        let path = format!("{}/index", cf.dir);
+        let limit = cf.index_limit;
+        let mut entries: Vec<(u64, Option<Loc>)> = cf.locs.iter().map(|(k, v)| (*k, *v)).collect();
+        entries.sort_unstable_by_key(|e| e.0);
+        let f = cf
+            .index_file(vfs, true)?
+            .ok_or_else(|| StorageError::Corrupt("index file vanished".into()))?;
+        write_slots(f, &path, limit, LOC_SLOT, &entries, |l| match l {
+            Some(l) => encode_loc(l).to_vec(),
+            None => vec![0; LOC_SLOT as usize],
+        })?;
+    }
+    Ok(())
+}
+
+fn write_slots<T>(
+    f: &dyn VfsFile,
+    path: &str,
+    limit: u64,
+    slot: u64,
+    entries: &[(u64, T)],
+    encode: impl Fn(&T) -> Vec<u8>,
+) -> Result<(), StorageError> {
+    let mut len = f.len().map_err(|e| io_err("stat", path, e))?;
+    if limit != u64::MAX && limit.saturating_mul(slot) < len {
+        len = limit * slot;
+        f.set_len(len).map_err(|e| io_err("truncate", path, e))?;
+    }
+    // Coalesce runs of adjacent slots into one write each.
+    let mut i = 0;
+    while i < entries.len() {
+        let start = entries[i].0;
+        let mut buf = encode(&entries[i].1);
+        let mut j = i + 1;
+        while j < entries.len() && entries[j].0 == entries[j - 1].0 + 1 && buf.len() < (8 << 20) {
+            buf.extend_from_slice(&encode(&entries[j].1));
+            j += 1;
+        }
+        let off = start.saturating_mul(slot);
+        // Erasing a slot past the end of the file needs no write.
+        let all_zero_past_end = off >= len && buf.iter().all(|&b| b == 0);
+        if !all_zero_past_end {
+            f.write_at(&buf, off)
+                .map_err(|e| io_err("write", path, e))?;
+        }
+        i = j;
+    }
+    f.sync().map_err(|e| io_err("sync", path, e))
+}
+
+#[async_trait]
+impl Storage for DiskStorage {
+    async fn write(&self, batch: Batch) -> Result<(), StorageError> {
+        self.lock().write(batch)
+    }
+
+    async fn flush(&self) -> Result<(), StorageError> {
+        self.lock().flush()
+    }
+
+    async fn value(&self, core: &CoreId, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self
+            .lock()
+            .cores
+            .get(core)
+            .and_then(|c| c.values.get(key).cloned()))
+    }
+
+    async fn values(
+        &self,
+        core: &CoreId,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        let e = self.lock();
+        Ok(e.cores
+            .get(core)
+            .map(|c| {
+                c.values
+                    .range(prefix.to_vec()..)
+                    .take_while(|(k, _)| k.starts_with(prefix))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn node(&self, core: &CoreId, index: u64) -> Result<Option<Node>, StorageError> {
+        let mut e = self.lock();
+        let vfs = e.vfs.clone();
+        e.core(core).node(vfs.as_ref(), index)
+    }
+
+    async fn block(&self, core: &CoreId, index: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        let mut e = self.lock();
+        let vfs = e.vfs.clone();
+        let cf = e.core(core);
+        let Some(loc) = cf.loc(vfs.as_ref(), index)? else {
+            return Ok(None);
+        };
+        if loc.len == 0 {
+            return Ok(Some(Vec::new()));
+        }
+        let path = format!("{}/data", cf.dir);
+        let f = cf
+            .data_file(vfs.as_ref(), false)?
+            .ok_or_else(|| StorageError::Corrupt(format!("{path} is missing")))?;
+        let mut data = vec![0u8; loc.len as usize];
+        f.read_at(&mut data, loc.offset)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => {
+                    StorageError::Corrupt(format!("{path} is shorter than its index says"))
+                }
+                _ => io_err("read", &path, e),
+            })?;
+        if crc32fast::hash(&data) != loc.crc {
+            return Err(StorageError::Corrupt(format!(
+                "{path}: checksum mismatch for block {index}"
+            )));
+        }
+        Ok(Some(data))
+    }
+
+    async fn has_block(&self, core: &CoreId, index: u64) -> Result<bool, StorageError> {
+        let mut e = self.lock();
+        let vfs = e.vfs.clone();
+        Ok(e.core(core).loc(vfs.as_ref(), index)?.is_some())
+    }
+
+    async fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.lock().meta.get(key).cloned())
+    }
+
+    async fn cores(&self) -> Result<Vec<CoreId>, StorageError> {
+        let e = self.lock();
+        let mut v: Vec<CoreId> = e
+            .cores
+            .iter()
+            .filter(|(_, c)| !c.values.is_empty())
+            .map(|(k, _)| *k)
+            .collect();
+        v.sort_unstable();
+        Ok(v)
+    }
+}
+
+impl Drop for DiskStorage {
+    fn drop(&mut self) {
+        // Best effort: a clean shutdown leaves an empty WAL so the next open is instant.
+        let _ = self.lock().checkpoint();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn straddlers_are_exactly_the_crossing_nodes_below_2l() {
+        for length in 0..70u64 {
+            let s = straddling(length);
+            for i in 0..(2 * length) {
+                let (a, b) = flat::span(i);
+                let crosses = a < length && b > length;
+                assert_eq!(s.contains(&i), crosses, "length {length} node {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn slots_round_trip_and_detect_damage() {
+        let n = Node {
+            index: 9,
+            size: 77,
+            hash: [3; 32],
+        };
+        let b = encode_node(&n);
+        assert_eq!(decode_node(9, &b), Ok(Some(n)));
+        assert!(decode_node(11, &b).is_err());
+        for bit in 0..(NODE_SLOT * 8) {
+            let mut d = b;
+            d[(bit / 8) as usize] ^= 1 << (bit % 8);
+            assert!(decode_node(9, &d).is_err(), "bit {bit}");
+        }
+        let l = Loc {
+            offset: 5,
+            len: 9,
+            crc: 1,
+        };
+        let e = encode_loc(&l);
+        assert_eq!(decode_loc(&e), Ok(Some(l)));
+        for bit in 0..(LOC_SLOT * 8) {
+            let mut d = e;
+            d[(bit / 8) as usize] ^= 1 << (bit % 8);
+            assert!(decode_loc(&d).is_err(), "bit {bit}");
+        }
+        assert_eq!(decode_loc(&[0; 24]), Ok(None));
+    }
+}
