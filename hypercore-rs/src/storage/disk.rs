@@ -27,7 +27,7 @@ use crate::flat;
 use crate::hash::Node;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -86,17 +86,23 @@ enum WalOp {
         index: u64,
         loc: Loc,
     },
+    // Freed data ranges are computed when the batch is written (when the
+    // state is exact) and logged: replay must never read files to find them,
+    // because an interrupted checkpoint may have left the files ahead of it.
     Truncate {
         core: CoreId,
         length: u64,
+        freed: Vec<(u64, u64)>,
     },
     Clear {
         core: CoreId,
         start: u64,
         end: u64,
+        freed: Vec<(u64, u64)>,
     },
     DeleteCore {
         core: CoreId,
+        freed: Vec<(u64, u64)>,
     },
     PutMeta {
         key: Vec<u8>,
@@ -362,6 +368,14 @@ fn straddling(length: u64) -> Vec<u64> {
     out
 }
 
+/// What a batch has changed so far, while its WAL record is being built.
+#[derive(Default)]
+struct BatchView {
+    locs: HashMap<(CoreId, u64), Option<Loc>>,
+    upper: HashMap<CoreId, u64>,
+    limit: HashMap<CoreId, u64>,
+}
+
 struct Engine {
     vfs: Arc<dyn Vfs>,
     opts: DiskOptions,
@@ -425,9 +439,15 @@ impl DiskStorage {
                 .map_err(|e| io_err("read", "state", e))?;
             state = decode_state(&buf)?;
         }
+        let new_wal = !vfs.exists("wal");
         let wal = vfs
             .open("wal", true)
             .map_err(|e| io_err("open", "wal", e))?;
+        if new_wal {
+            // The WAL's name must be durable before any flush relies on it.
+            vfs.sync_dir("")
+                .map_err(|e| io_err("sync", "storage folder", e))?;
+        }
         let mut engine = Engine {
             vfs: vfs.clone(),
             opts,
@@ -514,6 +534,8 @@ impl Engine {
         self.wal
             .read_at(&mut buf, 0)
             .map_err(|e| io_err("read", "wal", e))?;
+        // 1. The checksum-valid prefix of this generation's records.
+        let mut records: Vec<(usize, Vec<WalOp>)> = Vec::new();
         let mut pos = 0usize;
         while pos + WAL_HEADER <= buf.len() {
             let h = &buf[pos..pos + WAL_HEADER];
@@ -536,51 +558,68 @@ impl Engine {
             let Ok(ops) = postcard::from_bytes::<Vec<WalOp>>(&buf[pos + WAL_HEADER..end]) else {
                 break;
             };
-            if !self.data_reached_disk(&ops) {
-                break;
+            records.push((end, ops));
+            pos = end;
+        }
+        // 2. The longest prefix in which no block whose bytes did not reach the
+        // disk is still referenced. A block freed by a later record of the
+        // prefix needs no bytes (and may legitimately have been punched).
+        let mut pending: HashSet<(CoreId, u64)> = HashSet::new();
+        let mut good = 0usize;
+        for (k, (_, ops)) in records.iter().enumerate() {
+            for op in ops {
+                match op {
+                    WalOp::PutBlock { core, index, loc } => {
+                        pending.remove(&(*core, *index));
+                        if !self.block_on_disk(core, loc) {
+                            pending.insert((*core, *index));
+                        }
+                    }
+                    WalOp::Truncate { core, length, .. } => {
+                        pending.retain(|(c, i)| c != core || i < length);
+                    }
+                    WalOp::Clear {
+                        core, start, end, ..
+                    } => {
+                        pending.retain(|(c, i)| c != core || i < start || i >= end);
+                    }
+                    WalOp::DeleteCore { core, .. } => pending.retain(|(c, _)| c != core),
+                    _ => {}
+                }
             }
+            if pending.is_empty() {
+                good = k + 1;
+            }
+        }
+        records.truncate(good);
+        self.wal_len = records.last().map(|(end, _)| *end as u64).unwrap_or(0);
+        for (_, ops) in records {
             for op in ops {
                 self.apply(op);
             }
-            pos = end;
         }
-        self.wal_len = pos as u64;
         self.wal_dirty = true;
         // Make the recovered state durable, drop the torn tail, reclaim space.
         self.checkpoint()
     }
 
-    /// Whether every block a WAL record points to is on disk with its CRC.
-    fn data_reached_disk(&mut self, ops: &[WalOp]) -> bool {
+    /// Whether a block's bytes are on disk with the CRC its record names.
+    fn block_on_disk(&mut self, core: &CoreId, loc: &Loc) -> bool {
+        if loc.len == 0 {
+            return true;
+        }
         let vfs = self.vfs.clone();
-        for op in ops {
-            if let WalOp::PutBlock { core, loc, .. } = op {
-                if loc.len == 0 {
-                    continue;
-                }
-                let cf = self.core(core);
-                let Ok(Some(f)) = cf.data_file(vfs.as_ref(), false) else {
-                    return false;
-                };
-                let mut data = vec![0u8; loc.len as usize];
-                if f.read_at(&mut data, loc.offset).is_err() || crc32fast::hash(&data) != loc.crc {
-                    return false;
-                }
-            }
-        }
-        true
+        let cf = self.core(core);
+        let Ok(Some(f)) = cf.data_file(vfs.as_ref(), false) else {
+            return false;
+        };
+        let mut data = vec![0u8; loc.len as usize];
+        f.read_at(&mut data, loc.offset).is_ok() && crc32fast::hash(&data) == loc.crc
     }
 
-    fn punch_loc(&mut self, core: CoreId, loc: Loc) {
-        if loc.len > 0 {
-            self.punches.push((core, loc.offset, loc.len as u64));
-        }
-    }
-
-    /// Applies one committed change to the in-memory overlay. Never fails:
-    /// what cannot be read for space reclamation is simply not reclaimed.
+    /// Applies one committed change to the in-memory overlay. Reads no file
+    /// and never fails, so replay gives exactly the state the writer had.
     fn apply(&mut self, op: WalOp) {
-        let vfs = self.vfs.clone();
         match op {
             WalOp::PutValue { core, key, value } => {
                 self.core(&core).values.insert(key, value);
@@ -596,15 +635,12 @@ impl Engine {
                 cf.locs.insert(index, Some(loc));
                 cf.data_end = cf.data_end.max(loc.offset + loc.len as u64);
             }
-            WalOp::Truncate { core, length } => {
+            WalOp::Truncate {
+                core,
+                length,
+                freed,
+            } => {
                 let cf = self.core(&core);
-                let upper = cf.block_upper(vfs.as_ref());
-                let mut freed = Vec::new();
-                for i in length..upper {
-                    if let Ok(Some(loc)) = cf.loc(vfs.as_ref(), i) {
-                        freed.push(loc);
-                    }
-                }
                 cf.locs.retain(|&i, _| i < length);
                 cf.index_limit = cf.index_limit.min(length);
                 cf.nodes.retain(|&i, _| node_survives(i, length));
@@ -612,41 +648,31 @@ impl Engine {
                 for i in straddling(length) {
                     cf.nodes.insert(i, None);
                 }
-                for loc in freed {
-                    self.punch_loc(core, loc);
-                }
+                self.punches
+                    .extend(freed.into_iter().map(|(o, l)| (core, o, l)));
             }
-            WalOp::Clear { core, start, end } => {
+            WalOp::Clear {
+                core,
+                start,
+                end,
+                freed,
+            } => {
                 let cf = self.core(&core);
-                let end = end.min(cf.block_upper(vfs.as_ref()));
-                let mut freed = Vec::new();
                 for i in start..end {
-                    match cf.loc(vfs.as_ref(), i) {
-                        Ok(Some(loc)) => {
-                            freed.push(loc);
-                            cf.locs.insert(i, None);
-                        }
-                        Ok(None) => {}
-                        Err(_) => {
-                            cf.locs.insert(i, None);
-                        }
-                    }
+                    cf.locs.insert(i, None);
                 }
-                for loc in freed {
-                    self.punch_loc(core, loc);
-                }
+                self.punches
+                    .extend(freed.into_iter().map(|(o, l)| (core, o, l)));
             }
-            WalOp::DeleteCore { core } => {
+            WalOp::DeleteCore { core, freed } => {
                 let cf = self.core(&core);
-                let end = cf.data_end;
                 cf.values.clear();
                 cf.nodes.clear();
                 cf.locs.clear();
                 cf.tree_limit = 0;
                 cf.index_limit = 0;
-                if end > 0 {
-                    self.punches.push((core, 0, end));
-                }
+                self.punches
+                    .extend(freed.into_iter().map(|(o, l)| (core, o, l)));
             }
             WalOp::PutMeta { key, value } => {
                 self.meta.insert(key, value);
@@ -657,12 +683,56 @@ impl Engine {
         }
     }
 
+    /// One past the highest block that may be held, as of this batch so far.
+    fn view_upper(&mut self, view: &BatchView, core: &CoreId) -> u64 {
+        let vfs = self.vfs.clone();
+        let stored = self.core(core).block_upper(vfs.as_ref());
+        let stored = view.limit.get(core).map_or(stored, |l| stored.min(*l));
+        stored.max(view.upper.get(core).copied().unwrap_or(0))
+    }
+
+    /// The data ranges freed by dropping blocks `[start, end)`, as of this
+    /// batch so far; marks them dropped in the batch's view.
+    fn view_free(
+        &mut self,
+        view: &mut BatchView,
+        core: &CoreId,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<(u64, u64)>, StorageError> {
+        let vfs = self.vfs.clone();
+        let limit = view.limit.get(core).copied().unwrap_or(u64::MAX);
+        let mut locs = Vec::new();
+        for i in start..end {
+            let loc = match view.locs.get(&(*core, i)) {
+                Some(l) => *l,
+                None if i >= limit => None,
+                None => self.core(core).loc(vfs.as_ref(), i)?,
+            };
+            if let Some(l) = loc {
+                locs.push((l.offset, l.len as u64));
+            }
+            view.locs.insert((*core, i), None);
+        }
+        locs.sort_unstable();
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for (o, l) in locs {
+            match out.last_mut() {
+                Some((po, pl)) if *po + *pl >= o => *pl = (*pl).max(o + l - *po),
+                _ if l > 0 => out.push((o, l)),
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
     fn write(&mut self, batch: Batch) -> Result<(), StorageError> {
         let vfs = self.vfs.clone();
         let ops = batch.into_ops();
         let mut wal_ops = Vec::with_capacity(ops.len());
         let mut appends: Vec<(CoreId, u64, Vec<u8>)> = Vec::new();
         let mut data_bytes = 0u64;
+        let mut view = BatchView::default();
         for op in ops {
             wal_ops.push(match op {
                 Op::PutBlock { core, index, data } => {
@@ -683,14 +753,48 @@ impl Engine {
                     };
                     data_bytes += data.len() as u64;
                     buf.extend_from_slice(&data);
+                    view.locs.insert((core, index), Some(loc));
+                    view.upper
+                        .entry(core)
+                        .and_modify(|u| *u = (*u).max(index + 1))
+                        .or_insert(index + 1);
                     WalOp::PutBlock { core, index, loc }
                 }
                 Op::PutValue { core, key, value } => WalOp::PutValue { core, key, value },
                 Op::DelValue { core, key } => WalOp::DelValue { core, key },
                 Op::PutNode { core, node } => WalOp::PutNode { core, node },
-                Op::Truncate { core, length } => WalOp::Truncate { core, length },
-                Op::Clear { core, start, end } => WalOp::Clear { core, start, end },
-                Op::DeleteCore { core } => WalOp::DeleteCore { core },
+                Op::Truncate { core, length } => {
+                    let upper = self.view_upper(&view, &core);
+                    let freed = self.view_free(&mut view, &core, length, upper)?;
+                    view.limit.insert(core, length);
+                    WalOp::Truncate {
+                        core,
+                        length,
+                        freed,
+                    }
+                }
+                Op::Clear { core, start, end } => {
+                    let end = end.min(self.view_upper(&view, &core));
+                    let start = start.min(end);
+                    let freed = self.view_free(&mut view, &core, start, end)?;
+                    WalOp::Clear {
+                        core,
+                        start,
+                        end,
+                        freed,
+                    }
+                }
+                Op::DeleteCore { core } => {
+                    let mut end = self.core(&core).data_end;
+                    if let Some((_, s, b)) = appends.iter().find(|(c, _, _)| *c == core) {
+                        end = end.max(s + b.len() as u64);
+                    }
+                    view.limit.insert(core, 0);
+                    WalOp::DeleteCore {
+                        core,
+                        freed: if end > 0 { vec![(0, end)] } else { vec![] },
+                    }
+                }
                 Op::PutMeta { key, value } => WalOp::PutMeta { key, value },
                 Op::DelMeta { key } => WalOp::DelMeta { key },
             });

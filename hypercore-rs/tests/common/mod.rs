@@ -59,3 +59,35 @@ pub async fn sync_all(writer: &Core, reader: &Core) {
 pub fn dyn_storage<S: Storage>(s: Arc<S>) -> Arc<dyn Storage> {
     s
 }
+
+/// Like `sync_all` but skips blocks the holder does not have.
+pub async fn sync_all_available(writer: &Core, reader: &Core) {
+    let req = ProofRequest {
+        fork: reader.fork(),
+        upgrade: Some(UpgradeRequest {
+            start: reader.length(),
+        }),
+        manifest: reader.manifest().is_none(),
+        ..Default::default()
+    };
+    let proof = writer.proof(&req).await.unwrap();
+    reader.verify(&proof).await.unwrap();
+    for i in 0..reader.length() {
+        let req = ProofRequest {
+            fork: reader.fork(),
+            block: Some(reader.block_request(i).await.unwrap()),
+            ..Default::default()
+        };
+        match writer.proof(&req).await {
+            Ok(p) => {
+                reader.verify(&p).await.unwrap();
+                assert_eq!(
+                    reader.get_raw(i).await.unwrap(),
+                    writer.get_raw(i).await.unwrap()
+                );
+            }
+            Err(hypercore_rs::Error::NotAvailable(_)) => {}
+            Err(e) => panic!("proof for block {i}: {e}"),
+        }
+    }
+}
