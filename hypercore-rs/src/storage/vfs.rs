@@ -382,6 +382,13 @@ impl SimVfs {
         false
     }
 
+    /// A file's current contents, if it exists.
+    pub fn contents(&self, path: &str) -> Option<Vec<u8>> {
+        let s = self.st();
+        let id = s.names.get(path)?;
+        s.files.get(id).map(|f| f.current.clone())
+    }
+
     /// The names of all files.
     pub fn files(&self) -> Vec<String> {
         self.st().names.keys().cloned().collect()

@@ -1,0 +1,325 @@
+//! Proofs: everything a holder generates verifies; every single-bit mutation
+//! of a proof (block, nodes, signature, lengths, fork) is rejected and leaves
+//! the verifier unchanged; forged and random proofs never panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{block_on, sync_all};
+use hypercore_rs::{
+    BlockRequest, Core, Error, HashRequest, KeyPair, Manifest, MemoryStorage, Proof, ProofError,
+    ProofRequest, SeekRequest, UpgradeRequest,
+};
+use proptest::prelude::*;
+use std::sync::Arc;
+
+async fn writer_with(n: u64, seed: u8) -> Core {
+    let core = Core::builder(Arc::new(MemoryStorage::new()))
+        .key_pair(KeyPair::from_seed([seed; 32]))
+        .open()
+        .await
+        .unwrap();
+    for i in 0..n {
+        core.append(&[i as u8; 3][..(i % 4) as usize])
+            .await
+            .unwrap();
+    }
+    core
+}
+
+async fn reader_of(writer: &Core) -> Core {
+    Core::builder(Arc::new(MemoryStorage::new()))
+        .key(writer.key())
+        .open()
+        .await
+        .unwrap()
+}
+
+fn fingerprint(c: &Core) -> (u64, u64, [u8; 32], u64) {
+    (c.length(), c.fork(), c.tree_hash(), c.contiguous_length())
+}
+
+/// Flips every bit of the encoded proof; each decodable mutation must fail,
+/// except one that only moves a seek offset within the same block (which is
+/// then still a true statement, confirmed against the writer).
+async fn assert_every_flip_rejected(writer: &Core, reader: &Core, proof: &Proof) {
+    let bytes = postcard::to_stdvec(proof).unwrap();
+    let before = fingerprint(reader);
+    let mut tried = 0;
+    for bit in 0..bytes.len() * 8 {
+        let mut m = bytes.clone();
+        m[bit / 8] ^= 1 << (bit % 8);
+        let Ok(p) = postcard::from_bytes::<Proof>(&m) else {
+            continue;
+        };
+        if &p == proof {
+            continue;
+        }
+        if let (Some(a), Some(b)) = (&p.seek, &proof.seek) {
+            let mut same_but_offset = p.clone();
+            same_but_offset.seek.as_mut().unwrap().bytes = b.bytes;
+            if &same_but_offset == proof && a.bytes != b.bytes {
+                let truth = writer.seek(a.bytes).await.ok().map(|(i, _)| i);
+                if truth == Some(a.leaf.index / 2) {
+                    continue;
+                }
+            }
+        }
+        tried += 1;
+        let r = reader.verify(&p).await;
+        assert!(r.is_err(), "bit {bit} of {} accepted", bytes.len() * 8);
+        assert_eq!(
+            fingerprint(reader),
+            before,
+            "a rejected proof changed the reader"
+        );
+    }
+    assert!(tried > 0);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    #[test]
+    fn single_bit_mutations_are_rejected(n in 2u64..40, known in 0u64..40, pick in 0u64..40, bytes in 0u64..100) {
+        block_on(async {
+            let writer = writer_with(n, 1).await;
+            let reader = reader_of(&writer).await;
+            // The reader already knows a prefix of the log.
+            let known = known % n;
+            if known > 0 {
+                let partial = writer_with(known, 1).await;
+                sync_all(&partial, &reader).await;
+            }
+            let index = pick % n;
+            let total = writer.byte_length().max(1);
+            let req = ProofRequest {
+                fork: reader.fork(),
+                upgrade: Some(UpgradeRequest { start: reader.length() }),
+                block: Some(if index < reader.length() {
+                    reader.block_request(index).await.unwrap()
+                } else {
+                    BlockRequest { index, nodes: 0 }
+                }),
+                hash: Some(HashRequest { index: 2 * index, nodes: 0 }),
+                seek: Some(SeekRequest { bytes: bytes % total }),
+                manifest: reader.manifest().is_none(),
+            };
+            let proof = match writer.proof(&req).await {
+                Ok(p) => p,
+                Err(Error::SeekOutOfRange { .. }) => return, // all blocks empty
+                Err(e) => panic!("{e}"),
+            };
+            assert_every_flip_rejected(&writer, &reader, &proof).await;
+            let v = reader.verify(&proof).await.unwrap();
+            assert_eq!(v.upgraded, Some(n));
+            assert_eq!(reader.length(), n);
+            assert_eq!(reader.get(index).await.unwrap(), writer.get(index).await.unwrap());
+            let (b, off) = v.seek.unwrap();
+            assert_eq!((b, off), writer.seek(bytes % total).await.unwrap());
+        });
+    }
+}
+
+#[test]
+fn block_only_proofs_reject_every_flip() {
+    block_on(async {
+        let writer = writer_with(23, 2).await;
+        let reader = reader_of(&writer).await;
+        let req = ProofRequest {
+            upgrade: Some(UpgradeRequest { start: 0 }),
+            manifest: true,
+            ..Default::default()
+        };
+        reader
+            .verify(&writer.proof(&req).await.unwrap())
+            .await
+            .unwrap();
+        for i in [0u64, 7, 22] {
+            let req = ProofRequest {
+                block: Some(reader.block_request(i).await.unwrap()),
+                ..Default::default()
+            };
+            let proof = writer.proof(&req).await.unwrap();
+            assert_every_flip_rejected(&writer, &reader, &proof).await;
+            reader.verify(&proof).await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn a_forged_writer_is_rejected() {
+    block_on(async {
+        let honest = writer_with(10, 3).await;
+        let reader = reader_of(&honest).await;
+        let req = ProofRequest {
+            upgrade: Some(UpgradeRequest { start: 0 }),
+            manifest: true,
+            ..Default::default()
+        };
+        reader
+            .verify(&honest.proof(&req).await.unwrap())
+            .await
+            .unwrap();
+        // Same length, different key pair: the signature cannot verify.
+        let forger = writer_with(12, 4).await;
+        let mut forged = forger
+            .proof(&ProofRequest {
+                upgrade: Some(UpgradeRequest { start: 10 }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        forged.manifest = None;
+        let err = reader.verify(&forged).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Proof(ProofError::BadSignature | ProofError::Mismatch)
+            ),
+            "{err}"
+        );
+        // A manifest that does not hash to the key is refused.
+        let mut wrong_manifest = forged.clone();
+        wrong_manifest.manifest = forger.manifest();
+        assert!(reader.verify(&wrong_manifest).await.is_err());
+        // Blocks that do not match the tree are refused.
+        let mut p = honest
+            .proof(&ProofRequest {
+                block: Some(reader.block_request(4).await.unwrap()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        p.block.as_mut().unwrap().value = b"evil".to_vec();
+        assert_eq!(
+            reader.verify(&p).await.unwrap_err().to_string(),
+            Error::Proof(ProofError::Mismatch).to_string()
+        );
+        assert_eq!(
+            reader.get(4).await.unwrap(),
+            None,
+            "nothing unverified is stored"
+        );
+        // A writable core never accepts someone else's upgrade.
+        let up = honest
+            .proof(&ProofRequest {
+                upgrade: Some(UpgradeRequest { start: 0 }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(matches!(
+            forger.verify(&up).await,
+            Err(Error::WriterUpgrade)
+        ));
+    });
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Random bytes that decode as a proof never panic the verifier and never
+    /// change it.
+    #[test]
+    fn random_proofs_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+        block_on(async {
+            let writer = writer_with(9, 5).await;
+            let reader = reader_of(&writer).await;
+            sync_all(&writer, &reader).await;
+            let before = fingerprint(&reader);
+            if let Ok(p) = postcard::from_bytes::<Proof>(&bytes) {
+                let _ = reader.verify(&p).await;
+                let _ = writer.verify(&p).await;
+            }
+            if let Ok(r) = postcard::from_bytes::<ProofRequest>(&bytes) {
+                let _ = writer.proof(&r).await;
+                let _ = reader.proof(&r).await;
+            }
+            assert_eq!(fingerprint(&reader), before);
+        });
+    }
+}
+
+#[test]
+fn k_of_n_manifests() {
+    block_on(async {
+        let keys: Vec<KeyPair> = (10..13).map(|s| KeyPair::from_seed([s; 32])).collect();
+        let manifest = Manifest::multi(2, keys.iter().map(|k| k.public_key()).collect()).unwrap();
+        let writer = Core::builder(Arc::new(MemoryStorage::new()))
+            .manifest(manifest.clone())
+            .key_pair(keys[0].clone())
+            .key_pair(keys[2].clone())
+            .open()
+            .await
+            .unwrap();
+        assert!(writer.writable());
+        writer.append_batch([b"a", b"b", b"c"]).await.unwrap();
+        let reader = reader_of(&writer).await;
+        sync_all(&writer, &reader).await;
+        assert_eq!(reader.get(2).await.unwrap().as_deref(), Some(&b"c"[..]));
+        assert_eq!(writer.signature().await.unwrap().0.len(), 2);
+        // One signer alone is below the quorum: not writable.
+        let lone = Core::builder(Arc::new(MemoryStorage::new()))
+            .manifest(manifest)
+            .key_pair(keys[1].clone())
+            .open()
+            .await
+            .unwrap();
+        assert!(!lone.writable());
+        assert!(matches!(lone.append(b"x").await, Err(Error::NotWritable)));
+        // A key pair that is not in the manifest is refused.
+        let stranger = Core::builder(Arc::new(MemoryStorage::new()))
+            .manifest(writer.manifest().unwrap())
+            .key_pair(KeyPair::from_seed([99; 32]))
+            .open()
+            .await;
+        assert!(matches!(stranger, Err(Error::KeyMismatch)));
+    });
+}
+
+#[test]
+fn proofs_stay_logarithmic() {
+    block_on(async {
+        let writer = Core::builder(Arc::new(MemoryStorage::new()))
+            .open()
+            .await
+            .unwrap();
+        let blocks: Vec<Vec<u8>> = (0..4096u32).map(|i| i.to_le_bytes().to_vec()).collect();
+        writer.append_batch(&blocks).await.unwrap();
+        let reader = reader_of(&writer).await;
+        let up = writer
+            .proof(&ProofRequest {
+                upgrade: Some(UpgradeRequest { start: 0 }),
+                manifest: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        reader.verify(&up).await.unwrap();
+        let mut max_nodes = 0;
+        for i in (0..4096).step_by(97) {
+            let req = reader.block_request(i).await.unwrap();
+            let p = writer
+                .proof(&ProofRequest {
+                    block: Some(req),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            max_nodes = max_nodes.max(p.block.as_ref().unwrap().nodes.len());
+            reader.verify(&p).await.unwrap();
+        }
+        assert!(
+            max_nodes <= 12,
+            "a block proof in a 4096-block log carried {max_nodes} nodes"
+        );
+        // Neighbours of fetched blocks need fewer nodes: the reader asks only for what it lacks.
+        let req = reader.block_request(1).await.unwrap();
+        assert_eq!(
+            req.nodes,
+            1,
+            "block 1's sibling (block 0) is already verified"
+        );
+    });
+}
