@@ -317,8 +317,7 @@ fn proofs_stay_logarithmic() {
         // Neighbours of fetched blocks need fewer nodes: the reader asks only for what it lacks.
         let req = reader.block_request(1).await.unwrap();
         assert_eq!(
-            req.nodes,
-            1,
+            req.nodes, 1,
             "block 1's sibling (block 0) is already verified"
         );
     });
