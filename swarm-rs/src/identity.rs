@@ -89,7 +89,6 @@ impl PublicKey {
     }
 
     /// The X25519 (Montgomery) form of this key, as used as the Noise static key.
-    #[allow(dead_code)] // used by the secure module, which lands next
     pub(crate) fn to_x25519(self) -> Result<[u8; 32], IdentityError> {
         Ok(self.verifying_key()?.to_montgomery().to_bytes())
     }
@@ -189,7 +188,6 @@ impl KeyPair {
     }
 
     /// The X25519 private scalar matching [`PublicKey::to_x25519`].
-    #[allow(dead_code)] // used by the secure module, which lands next
     pub(crate) fn x25519_private(&self) -> [u8; 32] {
         self.signing.to_scalar_bytes()
     }
