@@ -40,8 +40,10 @@
 
 pub mod entropy;
 pub mod identity;
+pub mod mux;
 pub mod secure;
 
 pub use entropy::{EntropyError, EntropySource, OsEntropy, SeededEntropy};
 pub use identity::{IdentityError, KeyPair, PublicKey};
+pub use mux::{ChannelId, Mux, MuxConfig, MuxError, MuxEvent};
 pub use secure::{HandshakeHash, Role, SecureConfig, SecureConnection, SecureError, SecureEvent};
