@@ -28,7 +28,6 @@ impl<E: EntropySource + ?Sized> EntropySource for &mut E {
 
 /// The operating system's random source.
 #[derive(Debug, Clone, Copy, Default)]
-#[non_exhaustive]
 pub struct OsEntropy;
 
 impl EntropySource for OsEntropy {

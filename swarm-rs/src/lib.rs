@@ -38,12 +38,18 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod clock;
 pub mod entropy;
 pub mod identity;
 pub mod mux;
 pub mod secure;
+pub mod stream;
+pub mod transport;
 
+pub use clock::{Clock, SystemClock};
 pub use entropy::{EntropyError, EntropySource, OsEntropy, SeededEntropy};
 pub use identity::{IdentityError, KeyPair, PublicKey};
 pub use mux::{ChannelId, Mux, MuxConfig, MuxError, MuxEvent};
 pub use secure::{HandshakeHash, Role, SecureConfig, SecureConnection, SecureError, SecureEvent};
+pub use stream::{SecureStream, StreamError};
+pub use transport::{duplex, PipeStream};
