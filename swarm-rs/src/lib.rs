@@ -51,5 +51,5 @@ pub use entropy::{EntropyError, EntropySource, OsEntropy, SeededEntropy};
 pub use identity::{IdentityError, KeyPair, PublicKey};
 pub use mux::{ChannelId, Mux, MuxConfig, MuxError, MuxEvent};
 pub use secure::{HandshakeHash, Role, SecureConfig, SecureConnection, SecureError, SecureEvent};
-pub use stream::{SecureStream, StreamError};
+pub use stream::{MuxedStream, MuxedStreamError, SecureStream, StreamError};
 pub use transport::{duplex, PipeStream};

@@ -58,6 +58,7 @@ pub struct SecureStream<S> {
     inbox: VecDeque<Vec<u8>>,
     remote: Option<(PublicKey, HandshakeHash)>,
     read_closed: bool,
+    write_closed: bool,
     failed: bool,
 }
 
@@ -91,6 +92,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SecureStream<S> {
             inbox: VecDeque::new(),
             remote: None,
             read_closed: false,
+            write_closed: false,
             failed: false,
         };
         futures::future::poll_fn(|cx| stream.poll_handshake(cx)).await?;
@@ -222,9 +224,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for SecureStream<S> {
             if let Err(e) = this.poll_timer(cx) {
                 return this.fail(e);
             }
-            // Keep-alives go out while we wait for input.
-            if let Poll::Ready(Err(e)) = this.poll_write_out(cx) {
-                return this.fail(e);
+            // Keep-alives go out while we wait for input (unless we
+            // half-closed our side).
+            if !this.write_closed {
+                if let Poll::Ready(Err(e)) = this.poll_write_out(cx) {
+                    return this.fail(e);
+                }
             }
             match ready!(this.poll_read_in(cx)) {
                 Ok(true) => {}
@@ -240,7 +245,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Vec<u8>> for SecureStream<S> {
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         let this = self.get_mut();
-        if this.failed {
+        if this.failed || this.write_closed {
             return Poll::Ready(Err(SecureError::Closed.into()));
         }
         if this.pending_write() >= WRITE_HIGH_WATER {
@@ -251,6 +256,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Vec<u8>> for SecureStream<S> {
 
     fn start_send(self: Pin<&mut Self>, frame: Vec<u8>) -> Result<(), Self::Error> {
         let this = self.get_mut();
+        if this.failed || this.write_closed {
+            return Err(SecureError::Closed.into());
+        }
         let now = this.clock.now();
         this.conn.send(&frame, now)?;
         // Move the ciphertext out of the connection now so `pending_write`
@@ -277,7 +285,123 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Vec<u8>> for SecureStream<S> {
         let this = self.get_mut();
         ready!(this.poll_write_out(cx))?;
         ready!(Pin::new(&mut this.io).poll_close(cx))?;
-        this.conn.close();
+        // Half-close: frames from the peer can still be read.
+        this.write_closed = true;
         Poll::Ready(Ok(()))
+    }
+}
+
+/// Errors of a [`MuxedStream`].
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum MuxedStreamError {
+    /// The secure stream underneath failed.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// The peer broke the channel protocol.
+    #[error(transparent)]
+    Mux(#[from] crate::mux::MuxError),
+}
+
+/// Channels ([`crate::mux`]) over a [`SecureStream`], driven by one task.
+///
+/// `open`, `send` and `close` only queue frames; [`MuxedStream::flush`]
+/// writes them, and [`MuxedStream::next_event`] writes them and then waits
+/// for the next channel event from the peer.
+#[derive(Debug)]
+pub struct MuxedStream<S> {
+    stream: SecureStream<S>,
+    mux: crate::mux::Mux,
+    failed: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> MuxedStream<S> {
+    /// Puts a mux on an established stream.
+    pub fn new(stream: SecureStream<S>, config: crate::mux::MuxConfig) -> Self {
+        Self {
+            stream,
+            mux: crate::mux::Mux::new(config),
+            failed: false,
+        }
+    }
+
+    /// The peer's proven identity.
+    pub fn remote_public_key(&self) -> Option<PublicKey> {
+        self.stream.remote_public_key()
+    }
+
+    /// The handshake hash shared with the peer.
+    pub fn handshake_hash(&self) -> Option<HandshakeHash> {
+        self.stream.handshake_hash()
+    }
+
+    /// Opens (or accepts) a channel; see [`crate::mux::Mux::open`].
+    pub fn open(
+        &mut self,
+        protocol: &str,
+        id: &[u8],
+    ) -> Result<crate::mux::ChannelId, crate::mux::MuxError> {
+        self.mux.open(protocol, id)
+    }
+
+    /// Queues a message on a paired channel.
+    pub fn send(
+        &mut self,
+        channel: crate::mux::ChannelId,
+        data: &[u8],
+    ) -> Result<(), crate::mux::MuxError> {
+        self.mux.send(channel, data)
+    }
+
+    /// Closes a channel for both sides.
+    pub fn close(&mut self, channel: crate::mux::ChannelId) -> Result<(), crate::mux::MuxError> {
+        self.mux.close(channel)
+    }
+
+    /// Writes every queued frame to the peer.
+    pub async fn flush(&mut self) -> Result<(), MuxedStreamError> {
+        use futures::SinkExt;
+        while let Some(frame) = self.mux.poll_transmit() {
+            self.stream.feed(frame).await?;
+        }
+        self.stream.flush().await?;
+        Ok(())
+    }
+
+    /// Flushes, then waits for the next channel event. `None` once the peer
+    /// closed the connection or after an error was returned.
+    pub async fn next_event(&mut self) -> Option<Result<crate::mux::MuxEvent, MuxedStreamError>> {
+        use futures::StreamExt;
+        loop {
+            if let Some(event) = self.mux.poll_event() {
+                return Some(Ok(event));
+            }
+            if self.failed {
+                return None;
+            }
+            if let Err(e) = self.flush().await {
+                self.failed = true;
+                return Some(Err(e));
+            }
+            let frame = match self.stream.next().await? {
+                Ok(frame) => frame,
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e.into()));
+                }
+            };
+            if let Err(e) = self.mux.handle_frame(&frame) {
+                self.failed = true;
+                return Some(Err(e.into()));
+            }
+        }
+    }
+
+    /// Flushes and closes the underlying stream.
+    pub async fn shutdown(&mut self) -> Result<(), MuxedStreamError> {
+        use futures::SinkExt;
+        self.flush().await?;
+        self.stream.close().await?;
+        Ok(())
     }
 }

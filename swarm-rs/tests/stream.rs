@@ -202,3 +202,55 @@ fn an_unresponsive_established_peer_hits_the_idle_timeout() {
 async fn async_io_timer(d: Duration) {
     SystemClock.sleep_until(std::time::Instant::now() + d).await;
 }
+
+#[test]
+fn channels_over_a_secure_stream() {
+    use swarm_rs::{MuxConfig, MuxEvent, MuxedStream};
+    let (a, b) = pair(512);
+    let mut a = MuxedStream::new(a, MuxConfig::default());
+    let mut b = MuxedStream::new(b, MuxConfig::default());
+    assert_eq!(a.remote_public_key(), Some(keypair(2).public_key()));
+
+    let alice = async move {
+        let ch = a.open("echo", b"1").unwrap();
+        // Wait for the pairing, then talk.
+        match a.next_event().await.unwrap().unwrap() {
+            MuxEvent::Opened { channel, .. } => assert_eq!(channel, ch),
+            other => panic!("unexpected {other:?}"),
+        }
+        a.send(ch, b"ping").unwrap();
+        let reply = match a.next_event().await.unwrap().unwrap() {
+            MuxEvent::Message { channel, data } if channel == ch => data,
+            other => panic!("unexpected {other:?}"),
+        };
+        a.close(ch).unwrap();
+        a.shutdown().await.unwrap();
+        // Half-closed: read until the peer hangs up too.
+        while let Some(event) = a.next_event().await {
+            event.unwrap();
+        }
+        reply
+    };
+    let bob = async move {
+        let mut log = Vec::new();
+        while let Some(event) = b.next_event().await {
+            match event.unwrap() {
+                MuxEvent::RemoteOpen { protocol, id } => {
+                    b.open(&protocol, &id).unwrap();
+                }
+                MuxEvent::Opened { .. } => log.push("opened".to_string()),
+                MuxEvent::Message { channel, data } => {
+                    let mut echo = b"echo:".to_vec();
+                    echo.extend_from_slice(&data);
+                    b.send(channel, &echo).unwrap();
+                }
+                MuxEvent::Closed { .. } => log.push("closed".to_string()),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        log
+    };
+    let (reply, log) = block_on(join(alice, bob));
+    assert_eq!(reply, b"echo:ping");
+    assert_eq!(log, vec!["opened", "closed"]);
+}
