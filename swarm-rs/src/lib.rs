@@ -52,4 +52,7 @@ pub use identity::{IdentityError, KeyPair, PublicKey};
 pub use mux::{ChannelId, Mux, MuxConfig, MuxError, MuxEvent};
 pub use secure::{HandshakeHash, Role, SecureConfig, SecureConnection, SecureError, SecureEvent};
 pub use stream::{MuxedStream, MuxedStreamError, SecureStream, StreamError};
-pub use transport::{duplex, PipeStream};
+pub use transport::{
+    duplex, Listener, MemoryAddr, MemoryNetwork, MemoryTransport, PipeStream, TcpTransport,
+    Transport,
+};
