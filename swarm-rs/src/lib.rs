@@ -44,6 +44,7 @@ pub mod identity;
 pub mod mux;
 pub mod secure;
 pub mod stream;
+pub mod swarm;
 pub mod transport;
 
 pub use clock::{Clock, SystemClock};
@@ -52,6 +53,10 @@ pub use identity::{IdentityError, KeyPair, PublicKey};
 pub use mux::{ChannelId, Mux, MuxConfig, MuxError, MuxEvent};
 pub use secure::{HandshakeHash, Role, SecureConfig, SecureConnection, SecureError, SecureEvent};
 pub use stream::{MuxedStream, MuxedStreamError, SecureStream, StreamError};
+pub use swarm::{
+    CloseReason, ConnectionId, Direction, DiscoveryKey, JoinMode, Swarm, SwarmAction, SwarmConfig,
+    Topic,
+};
 pub use transport::{
     duplex, Listener, MemoryAddr, MemoryNetwork, MemoryTransport, PipeStream, TcpTransport,
     Transport,
