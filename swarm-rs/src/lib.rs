@@ -39,6 +39,7 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod discovery;
 pub mod entropy;
 pub mod identity;
 pub mod mux;
@@ -48,6 +49,7 @@ pub mod swarm;
 pub mod transport;
 
 pub use clock::{Clock, SystemClock};
+pub use discovery::{Discovery, DiscoveryError, MemoryDiscovery};
 pub use entropy::{EntropyError, EntropySource, OsEntropy, SeededEntropy};
 pub use identity::{IdentityError, KeyPair, PublicKey};
 pub use mux::{ChannelId, Mux, MuxConfig, MuxError, MuxEvent};
