@@ -111,3 +111,60 @@ fn memory_addresses_are_exclusive_and_freed_on_drop() {
             .unwrap();
     });
 }
+
+#[test]
+fn partitions_cut_connections_and_refuse_dials_until_healed() {
+    use swarm_rs::{MemoryNetwork, StreamError};
+    let net = MemoryNetwork::new();
+    let (ta, tb) = (net.transport(), net.transport());
+    assert_ne!(ta.host(), tb.host());
+    let (alice, bob) = (KeyPair::from_seed([1; 32]), KeyPair::from_seed([2; 32]));
+    block_on(async {
+        let mut listener = tb.listen(&MemoryAddr(9)).await.unwrap();
+        let connect = async {
+            let io = ta.connect(&MemoryAddr(9)).await.unwrap();
+            SecureStream::handshake(
+                io,
+                Role::Initiator,
+                &alice,
+                SecureConfig::default(),
+                &mut SeededEntropy::from_u64(1),
+                Arc::new(SystemClock),
+            )
+            .await
+            .unwrap()
+        };
+        let accept = async {
+            let (io, _) = listener.accept().await.unwrap();
+            SecureStream::handshake(
+                io,
+                Role::Responder,
+                &bob,
+                SecureConfig::default(),
+                &mut SeededEntropy::from_u64(2),
+                Arc::new(SystemClock),
+            )
+            .await
+            .unwrap()
+        };
+        let (mut a, mut b) = join(connect, accept).await;
+        a.send(b"before".to_vec()).await.unwrap();
+        assert_eq!(b.next().await.unwrap().unwrap(), b"before");
+
+        net.partition(ta.host(), tb.host());
+        let err = b.next().await.unwrap().unwrap_err();
+        assert!(
+            matches!(&err, StreamError::Io(e) if e.kind() == io::ErrorKind::ConnectionReset),
+            "{err:?}"
+        );
+        assert!(a.send(b"after".to_vec()).await.is_err());
+        match ta.connect(&MemoryAddr(9)).await {
+            Err(e) => assert_eq!(e.kind(), io::ErrorKind::HostUnreachable),
+            Ok(_) => panic!("dial crossed a partition"),
+        }
+        // Other hosts are unaffected; healing restores dials.
+        net.transport().connect(&MemoryAddr(9)).await.unwrap();
+        net.heal(ta.host(), tb.host());
+        ta.connect(&MemoryAddr(9)).await.unwrap();
+    });
+}

@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 
 use futures::io::{AsyncRead, AsyncWrite};
@@ -19,6 +19,8 @@ struct Direction {
     capacity: usize,
     writer_closed: bool,
     reader_closed: bool,
+    /// Cut by a simulated network fault: both ends see a reset.
+    severed: bool,
     read_waker: Option<Waker>,
     write_waker: Option<Waker>,
 }
@@ -35,10 +37,43 @@ impl Shared {
     }
 
     fn lock(&self) -> MutexGuard<'_, Direction> {
-        // A panic elsewhere cannot leave a byte buffer inconsistent.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.0)
+    }
+}
+
+fn lock(direction: &Mutex<Direction>) -> MutexGuard<'_, Direction> {
+    // A panic elsewhere cannot leave a byte buffer inconsistent.
+    direction
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A handle that can cut a pipe without keeping it alive.
+#[derive(Debug, Clone)]
+pub(crate) struct Severer {
+    directions: [Weak<Mutex<Direction>>; 2],
+}
+
+impl Severer {
+    /// Cuts both directions: pending and future reads and writes fail with
+    /// `ConnectionReset`.
+    pub(crate) fn sever(&self) {
+        for direction in self.directions.iter().filter_map(Weak::upgrade) {
+            let mut dir = lock(&direction);
+            dir.severed = true;
+            dir.buf.clear();
+            if let Some(waker) = dir.read_waker.take() {
+                waker.wake();
+            }
+            if let Some(waker) = dir.write_waker.take() {
+                waker.wake();
+            }
+        }
+    }
+
+    /// True while either end of the pipe exists.
+    pub(crate) fn is_alive(&self) -> bool {
+        self.directions.iter().any(|d| d.strong_count() > 0)
     }
 }
 
@@ -52,8 +87,16 @@ pub struct PipeStream {
 /// Creates a connected pair of pipe ends; each direction buffers at most
 /// `capacity` bytes.
 pub fn duplex(capacity: usize) -> (PipeStream, PipeStream) {
+    let (a, b, _) = duplex_with_severer(capacity);
+    (a, b)
+}
+
+pub(crate) fn duplex_with_severer(capacity: usize) -> (PipeStream, PipeStream, Severer) {
     let a_to_b = Shared::new(capacity);
     let b_to_a = Shared::new(capacity);
+    let severer = Severer {
+        directions: [Arc::downgrade(&a_to_b.0), Arc::downgrade(&b_to_a.0)],
+    };
     (
         PipeStream {
             incoming: b_to_a.clone(),
@@ -63,6 +106,7 @@ pub fn duplex(capacity: usize) -> (PipeStream, PipeStream) {
             incoming: a_to_b,
             outgoing: b_to_a,
         },
+        severer,
     )
 }
 
@@ -73,6 +117,9 @@ impl AsyncRead for PipeStream {
         out: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         let mut dir = self.incoming.lock();
+        if dir.severed {
+            return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
+        }
         if out.is_empty() {
             return Poll::Ready(Ok(0));
         }
@@ -101,6 +148,9 @@ impl AsyncWrite for PipeStream {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let mut dir = self.outgoing.lock();
+        if dir.severed {
+            return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
+        }
         if dir.reader_closed || dir.writer_closed {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
