@@ -204,6 +204,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SecureStream<S> {
         Poll::Ready(Some(Err(error.into())))
     }
 
+    /// Encrypts a frame into the write buffer without waiting for room;
+    /// polling the stream or the sink writes it out.
+    fn queue(&mut self, frame: &[u8]) -> Result<(), StreamError> {
+        if self.failed || self.write_closed {
+            return Err(SecureError::Closed.into());
+        }
+        let now = self.clock.now();
+        self.conn.send(frame, now)?;
+        // Move the ciphertext out of the connection now so `pending_write`
+        // sees it for back-pressure.
+        while let Some(bytes) = self.conn.poll_transmit() {
+            if self.write_pos == self.write_buf.len() {
+                self.write_buf = bytes;
+                self.write_pos = 0;
+            } else {
+                self.write_buf.extend_from_slice(&bytes);
+            }
+        }
+        Ok(())
+    }
+
     fn pending_write(&self) -> usize {
         self.write_buf.len() - self.write_pos
     }
@@ -255,23 +276,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Vec<u8>> for SecureStream<S> {
     }
 
     fn start_send(self: Pin<&mut Self>, frame: Vec<u8>) -> Result<(), Self::Error> {
-        let this = self.get_mut();
-        if this.failed || this.write_closed {
-            return Err(SecureError::Closed.into());
-        }
-        let now = this.clock.now();
-        this.conn.send(&frame, now)?;
-        // Move the ciphertext out of the connection now so `pending_write`
-        // sees it for back-pressure.
-        while let Some(bytes) = this.conn.poll_transmit() {
-            if this.write_pos == this.write_buf.len() {
-                this.write_buf = bytes;
-                this.write_pos = 0;
-            } else {
-                this.write_buf.extend_from_slice(&bytes);
-            }
-        }
-        Ok(())
+        self.get_mut().queue(&frame)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -306,7 +311,7 @@ pub enum MuxedStreamError {
 /// Channels ([`crate::mux`]) over a [`SecureStream`], driven by one task.
 ///
 /// `open`, `send` and `close` only queue frames; [`MuxedStream::flush`]
-/// writes them, and [`MuxedStream::next_event`] writes them and then waits
+/// writes them, and [`MuxedStream::next_event`] writes them while it waits
 /// for the next channel event from the peer.
 #[derive(Debug)]
 pub struct MuxedStream<S> {
@@ -379,9 +384,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MuxedStream<S> {
             if self.failed {
                 return None;
             }
-            if let Err(e) = self.flush().await {
-                self.failed = true;
-                return Some(Err(e));
+            // Queue rather than flush: waiting for our writes before reading
+            // would deadlock two peers that both write more than the
+            // transport buffers. Polling the stream writes while it reads.
+            while let Some(frame) = self.mux.poll_transmit() {
+                if let Err(e) = self.stream.queue(&frame) {
+                    self.failed = true;
+                    return Some(Err(e.into()));
+                }
             }
             let frame = match self.stream.next().await? {
                 Ok(frame) => frame,

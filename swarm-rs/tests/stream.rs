@@ -254,3 +254,39 @@ fn channels_over_a_secure_stream() {
     assert_eq!(reply, b"echo:ping");
     assert_eq!(log, vec!["opened", "closed"]);
 }
+
+#[test]
+fn both_peers_sending_more_than_the_pipe_holds_do_not_deadlock() {
+    use swarm_rs::{MuxConfig, MuxEvent, MuxedStream};
+    let (a, b) = pair(4096);
+    let run = |mut m: MuxedStream<PipeStream>| async move {
+        let ch = m.open("bulk", b"").unwrap();
+        let mut received = 0usize;
+        let mut sent = false;
+        while received < 10 {
+            match m.next_event().await.unwrap().unwrap() {
+                MuxEvent::Opened { channel, .. } => {
+                    assert_eq!(channel, ch);
+                    for i in 0..10u8 {
+                        m.send(ch, &vec![i; 64 * 1024]).unwrap();
+                    }
+                    sent = true;
+                }
+                MuxEvent::Message { data, .. } => {
+                    assert_eq!(data.len(), 64 * 1024);
+                    assert!(data.iter().all(|b| usize::from(*b) == received));
+                    received += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(sent);
+        m.flush().await.unwrap();
+        received
+    };
+    let (ra, rb) = block_on(join(
+        run(MuxedStream::new(a, MuxConfig::default())),
+        run(MuxedStream::new(b, MuxConfig::default())),
+    ));
+    assert_eq!((ra, rb), (10, 10));
+}
