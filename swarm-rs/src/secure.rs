@@ -368,7 +368,7 @@ impl SecureConnection {
                 Ok(())
             }
             Err(e) => {
-                self.close();
+                self.fail();
                 Err(e)
             }
         }
@@ -408,7 +408,7 @@ impl SecureConnection {
             Ok(())
         });
         if result.is_err() {
-            self.close();
+            self.fail();
         }
         result
     }
@@ -473,7 +473,7 @@ impl SecureConnection {
             result,
             Err(SecureError::IdleTimeout | SecureError::HandshakeTimeout | SecureError::Internal)
         ) {
-            self.close();
+            self.fail();
         }
         result
     }
@@ -484,6 +484,12 @@ impl SecureConnection {
         self.state = State::Closed;
         self.partial = None;
         self.inbuf = Vec::new();
+    }
+
+    /// Kills the connection after an error: nothing more is sent either.
+    fn fail(&mut self) {
+        self.close();
+        self.outbuf = Vec::new();
     }
 
     fn handle_record(&mut self, record: &[u8], now: Instant) -> Result<(), SecureError> {
