@@ -1,0 +1,900 @@
+//! A sans-IO Noise XX handshake and encrypted, length-framed transport.
+//!
+//! [`SecureConnection`] is a plain state machine: feed it the bytes that
+//! arrived ([`SecureConnection::handle_input`]), take the bytes it wants sent
+//! ([`SecureConnection::poll_transmit`]) and the events it produced
+//! ([`SecureConnection::poll_event`]), and drive its deadlines with
+//! [`SecureConnection::poll_timeout`] / [`SecureConnection::handle_timeout`].
+//! It never reads a clock, never touches the network and never panics on
+//! input from the peer: every problem is a typed [`SecureError`], after which
+//! the connection is dead and every later call reports [`SecureError::Closed`].
+//!
+//! The wire format is described in `DESIGN.md` ("Secure stream").
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use snow::params::{CipherChoice, DHChoice, HashChoice, NoiseParams};
+use snow::resolvers::{CryptoResolver, DefaultResolver};
+use snow::types::{Cipher, Dh, Hash, Random};
+use snow::{HandshakeState, TransportState};
+use thiserror::Error;
+
+use crate::entropy::{EntropyError, EntropySource, SeededEntropy};
+use crate::identity::{KeyPair, PublicKey, PUBLIC_KEY_LEN, SIGNATURE_LEN};
+
+/// Version byte carried in the first handshake message.
+pub const PROTOCOL_VERSION: u8 = 1;
+/// Default largest application frame: 16 MiB.
+pub const DEFAULT_MAX_FRAME_LEN: u32 = 16 * 1024 * 1024;
+/// Length in bytes of the handshake hash (BLAKE2b).
+pub const HANDSHAKE_HASH_LEN: usize = 64;
+
+const NOISE_PATTERN: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2b";
+/// Binds the protocol name and version into every handshake hash.
+const PROLOGUE: &[u8] = b"swarm-rs secure v1";
+/// Domain separation for the identity proof signature.
+const AUTH_CONTEXT: &[u8] = b"swarm-rs secure v1 identity proof";
+/// Largest Noise message (the limit of the Noise specification).
+const MAX_NOISE_MSG: usize = 65535;
+const TAG_LEN: usize = 16;
+/// Largest plaintext of one transport record.
+const MAX_RECORD_PLAINTEXT: usize = MAX_NOISE_MSG - TAG_LEN;
+/// Record kind (+ u32 length) header of the first chunk of a frame.
+const FRAME_START_HEADER: usize = 1 + 4;
+
+const KIND_AUTH: u8 = 0;
+const KIND_FRAME_START: u8 = 1;
+const KIND_FRAME_CONTINUE: u8 = 2;
+const KIND_KEEPALIVE: u8 = 3;
+
+/// Errors of a secure connection. Any error except the local-misuse ones
+/// ([`SecureError::NotEstablished`], [`SecureError::FrameTooLarge`] on send)
+/// kills the connection.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum SecureError {
+    /// A frame is larger than the configured maximum (detected before any
+    /// buffer for it is allocated).
+    #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
+    FrameTooLarge {
+        /// Declared or requested length.
+        len: u64,
+        /// Configured maximum.
+        max: u32,
+    },
+    /// The bytes do not follow the record format.
+    #[error("malformed record: {0}")]
+    Malformed(&'static str),
+    /// The peer speaks a protocol version we do not.
+    #[error("unsupported protocol version {0}")]
+    UnsupportedVersion(u8),
+    /// The Noise handshake failed (bad or tampered handshake message).
+    #[error("handshake failed")]
+    Handshake,
+    /// A transport record failed to decrypt: tampered, replayed, reordered or
+    /// not a record of this session at all.
+    #[error("decryption failed")]
+    Decrypt,
+    /// The peer's static key is not the key we expected to reach.
+    #[error("remote key does not match the expected key {expected}")]
+    UnexpectedRemoteKey {
+        /// The key we expected.
+        expected: PublicKey,
+    },
+    /// The peer's identity proof (ed25519 key and signature over the
+    /// handshake hash) is invalid or does not match its Noise static key.
+    #[error("invalid identity proof")]
+    BadIdentityProof,
+    /// The handshake did not complete before its deadline.
+    #[error("handshake timed out")]
+    HandshakeTimeout,
+    /// Nothing was received for longer than the idle timeout.
+    #[error("connection idle for too long")]
+    IdleTimeout,
+    /// Application frames can only be sent once the handshake completed.
+    #[error("connection not established yet")]
+    NotEstablished,
+    /// The connection has failed or was closed; it cannot be used any more.
+    #[error("connection closed")]
+    Closed,
+    /// The injected entropy source failed.
+    #[error(transparent)]
+    Entropy(#[from] EntropyError),
+    /// The cryptographic backend refused an operation (should not happen).
+    #[error("internal cryptographic error")]
+    Internal,
+}
+
+/// Which side of the handshake this is: the dialer is the initiator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Sends the first handshake message.
+    Initiator,
+    /// Answers the first handshake message.
+    Responder,
+}
+
+impl Role {
+    fn tag(self) -> u8 {
+        match self {
+            Role::Initiator => 0,
+            Role::Responder => 1,
+        }
+    }
+
+    fn other(self) -> Role {
+        match self {
+            Role::Initiator => Role::Responder,
+            Role::Responder => Role::Initiator,
+        }
+    }
+}
+
+/// Settings of a [`SecureConnection`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SecureConfig {
+    /// Largest application frame accepted or sent, in bytes.
+    pub max_frame_len: u32,
+    /// The handshake (including the identity proofs) must finish within this.
+    pub handshake_timeout: Duration,
+    /// Send a keep-alive record when nothing was sent for this long.
+    pub keepalive_interval: Option<Duration>,
+    /// Fail with [`SecureError::IdleTimeout`] when nothing arrived for this long.
+    pub idle_timeout: Option<Duration>,
+    /// If set, the handshake fails unless the peer proves this identity.
+    pub expected_remote: Option<PublicKey>,
+}
+
+impl Default for SecureConfig {
+    fn default() -> Self {
+        Self {
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            handshake_timeout: Duration::from_secs(10),
+            keepalive_interval: Some(Duration::from_secs(5)),
+            idle_timeout: Some(Duration::from_secs(20)),
+            expected_remote: None,
+        }
+    }
+}
+
+impl SecureConfig {
+    /// Requires the peer to be `key`.
+    pub fn with_expected_remote(mut self, key: PublicKey) -> Self {
+        self.expected_remote = Some(key);
+        self
+    }
+
+    /// Sets the largest frame.
+    pub fn with_max_frame_len(mut self, max: u32) -> Self {
+        self.max_frame_len = max;
+        self
+    }
+}
+
+/// The Noise handshake hash: a transcript digest both peers share once the
+/// handshake completed. Other protocols derive capabilities from it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HandshakeHash([u8; HANDSHAKE_HASH_LEN]);
+
+impl HandshakeHash {
+    /// The 64 hash bytes.
+    pub fn as_bytes(&self) -> &[u8; HANDSHAKE_HASH_LEN] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for HandshakeHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HandshakeHash(")?;
+        for byte in &self.0[..8] {
+            write!(f, "{byte:02x}")?;
+        }
+        write!(f, "..)")
+    }
+}
+
+/// Something that happened on a [`SecureConnection`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SecureEvent {
+    /// The handshake completed and the peer proved its identity.
+    Established {
+        /// The peer's identity.
+        remote: PublicKey,
+        /// The shared handshake hash.
+        handshake_hash: HandshakeHash,
+    },
+    /// A complete application frame arrived.
+    Message(Vec<u8>),
+}
+
+enum State {
+    Handshake(Box<HandshakeState>),
+    /// Noise is done; waiting for the peer's identity proof.
+    AwaitingProof {
+        transport: Box<TransportState>,
+        remote_static: [u8; 32],
+        hash: HandshakeHash,
+    },
+    Established {
+        transport: Box<TransportState>,
+        remote: PublicKey,
+        hash: HandshakeHash,
+    },
+    Closed,
+}
+
+/// A frame being reassembled from several records.
+struct PartialFrame {
+    len: usize,
+    data: Vec<u8>,
+}
+
+/// One side of an encrypted, authenticated connection, without I/O.
+pub struct SecureConnection {
+    role: Role,
+    keypair: KeyPair,
+    config: SecureConfig,
+    state: State,
+    inbuf: Vec<u8>,
+    outbuf: Vec<u8>,
+    events: VecDeque<SecureEvent>,
+    partial: Option<PartialFrame>,
+    scratch: Vec<u8>,
+    handshake_deadline: Instant,
+    last_received: Instant,
+    last_sent: Instant,
+}
+
+impl fmt::Debug for SecureConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            State::Handshake(_) => "handshake",
+            State::AwaitingProof { .. } => "awaiting-proof",
+            State::Established { .. } => "established",
+            State::Closed => "closed",
+        };
+        f.debug_struct("SecureConnection")
+            .field("role", &self.role)
+            .field("local", &self.keypair.public_key())
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SecureConnection {
+    /// Starts a handshake. An initiator immediately has its first message
+    /// ready in [`SecureConnection::poll_transmit`].
+    pub fn new(
+        role: Role,
+        keypair: &KeyPair,
+        config: SecureConfig,
+        entropy: &mut dyn EntropySource,
+        now: Instant,
+    ) -> Result<Self, SecureError> {
+        let mut seed = [0u8; 32];
+        entropy.try_fill_bytes(&mut seed)?;
+        let params: NoiseParams = NOISE_PATTERN.parse().map_err(|_| SecureError::Internal)?;
+        let private = keypair.x25519_private();
+        let builder = snow::Builder::with_resolver(params, Box::new(InjectedResolver { seed }))
+            .local_private_key(&private)
+            .and_then(|b| b.prologue(PROLOGUE))
+            .map_err(|_| SecureError::Internal)?;
+        let handshake = match role {
+            Role::Initiator => builder.build_initiator(),
+            Role::Responder => builder.build_responder(),
+        }
+        .map_err(|_| SecureError::Internal)?;
+        let mut conn = Self {
+            role,
+            keypair: keypair.clone(),
+            handshake_deadline: now + config.handshake_timeout,
+            config,
+            state: State::Handshake(Box::new(handshake)),
+            inbuf: Vec::new(),
+            outbuf: Vec::new(),
+            events: VecDeque::new(),
+            partial: None,
+            scratch: vec![0u8; MAX_NOISE_MSG],
+            last_received: now,
+            last_sent: now,
+        };
+        if role == Role::Initiator {
+            conn.write_handshake(&[PROTOCOL_VERSION], now)?;
+        }
+        Ok(conn)
+    }
+
+    /// This side's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// True once the peer's identity is proven and frames can flow.
+    pub fn is_established(&self) -> bool {
+        matches!(self.state, State::Established { .. })
+    }
+
+    /// True after a failure or [`SecureConnection::close`].
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// The proven identity of the peer, once established.
+    pub fn remote_public_key(&self) -> Option<PublicKey> {
+        match &self.state {
+            State::Established { remote, .. } => Some(*remote),
+            _ => None,
+        }
+    }
+
+    /// The handshake hash, once established.
+    pub fn handshake_hash(&self) -> Option<HandshakeHash> {
+        match &self.state {
+            State::Established { hash, .. } => Some(*hash),
+            _ => None,
+        }
+    }
+
+    /// Feeds bytes received from the peer. They may split or join records
+    /// arbitrarily. On error the connection is dead.
+    pub fn handle_input(&mut self, data: &[u8], now: Instant) -> Result<(), SecureError> {
+        if self.is_closed() {
+            return Err(SecureError::Closed);
+        }
+        self.inbuf.extend_from_slice(data);
+        let buf = std::mem::take(&mut self.inbuf);
+        let mut pos = 0;
+        let mut result = Ok(());
+        while let Some(header) = buf.get(pos..pos + 2) {
+            let len = usize::from(u16::from_le_bytes([header[0], header[1]]));
+            let Some(record) = buf.get(pos + 2..pos + 2 + len) else {
+                break;
+            };
+            pos += 2 + len;
+            self.last_received = now;
+            if let Err(e) = self.handle_record(record, now) {
+                result = Err(e);
+                break;
+            }
+        }
+        match result {
+            Ok(()) => {
+                self.inbuf = buf;
+                self.inbuf.drain(..pos);
+                Ok(())
+            }
+            Err(e) => {
+                self.fail();
+                Err(e)
+            }
+        }
+    }
+
+    /// Encrypts and queues one application frame. Frames bigger than one
+    /// Noise message are split over several records.
+    pub fn send(&mut self, frame: &[u8], now: Instant) -> Result<(), SecureError> {
+        match self.state {
+            State::Established { .. } => {}
+            State::Closed => return Err(SecureError::Closed),
+            _ => return Err(SecureError::NotEstablished),
+        }
+        let len = u32::try_from(frame.len())
+            .ok()
+            .filter(|len| *len <= self.config.max_frame_len)
+            .ok_or(SecureError::FrameTooLarge {
+                len: frame.len() as u64,
+                max: self.config.max_frame_len,
+            })?;
+        let first_len = frame.len().min(MAX_RECORD_PLAINTEXT - FRAME_START_HEADER);
+        let (first, mut rest) = frame.split_at(first_len);
+        let mut record = Vec::with_capacity(FRAME_START_HEADER + first.len());
+        record.push(KIND_FRAME_START);
+        record.extend_from_slice(&len.to_le_bytes());
+        record.extend_from_slice(first);
+        let result = self.seal(&record, now).and_then(|()| {
+            while !rest.is_empty() {
+                let take = rest.len().min(MAX_RECORD_PLAINTEXT - 1);
+                let (chunk, tail) = rest.split_at(take);
+                record.clear();
+                record.push(KIND_FRAME_CONTINUE);
+                record.extend_from_slice(chunk);
+                self.seal(&record, now)?;
+                rest = tail;
+            }
+            Ok(())
+        });
+        if result.is_err() {
+            self.fail();
+        }
+        result
+    }
+
+    /// Takes the bytes that should be written to the peer, if any.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        if self.outbuf.is_empty() {
+            None
+        } else {
+            Some(std::mem::take(&mut self.outbuf))
+        }
+    }
+
+    /// Takes the next event, if any.
+    pub fn poll_event(&mut self) -> Option<SecureEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next instant at which [`SecureConnection::handle_timeout`] must be
+    /// called, if any.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Closed => None,
+            State::Established { .. } => {
+                let keepalive = self.config.keepalive_interval.map(|d| self.last_sent + d);
+                let idle = self.config.idle_timeout.map(|d| self.last_received + d);
+                match (keepalive, idle) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+            _ => Some(self.handshake_deadline),
+        }
+    }
+
+    /// Handles expired deadlines: fails a late handshake or an idle
+    /// connection, and queues keep-alives.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), SecureError> {
+        let result = match self.state {
+            State::Closed => Err(SecureError::Closed),
+            State::Established { .. } => {
+                if self
+                    .config
+                    .idle_timeout
+                    .is_some_and(|d| now >= self.last_received + d)
+                {
+                    Err(SecureError::IdleTimeout)
+                } else if self
+                    .config
+                    .keepalive_interval
+                    .is_some_and(|d| now >= self.last_sent + d)
+                {
+                    self.seal(&[KIND_KEEPALIVE], now)
+                } else {
+                    Ok(())
+                }
+            }
+            _ if now >= self.handshake_deadline => Err(SecureError::HandshakeTimeout),
+            _ => Ok(()),
+        };
+        if matches!(
+            result,
+            Err(SecureError::IdleTimeout | SecureError::HandshakeTimeout | SecureError::Internal)
+        ) {
+            self.fail();
+        }
+        result
+    }
+
+    /// Closes the connection locally. Buffered outgoing bytes stay available
+    /// to [`SecureConnection::poll_transmit`]; nothing more is accepted.
+    pub fn close(&mut self) {
+        self.state = State::Closed;
+        self.partial = None;
+        self.inbuf = Vec::new();
+    }
+
+    /// Kills the connection after an error: nothing more is sent either.
+    fn fail(&mut self) {
+        self.close();
+        self.outbuf = Vec::new();
+    }
+
+    fn handle_record(&mut self, record: &[u8], now: Instant) -> Result<(), SecureError> {
+        match std::mem::replace(&mut self.state, State::Closed) {
+            State::Handshake(handshake) => self.handle_handshake_record(handshake, record, now),
+            State::AwaitingProof {
+                mut transport,
+                remote_static,
+                hash,
+            } => {
+                let plain = open(&mut transport, record, &mut self.scratch)?;
+                let remote = check_proof(
+                    plain,
+                    self.role.other(),
+                    &remote_static,
+                    &hash,
+                    self.config.expected_remote,
+                )?;
+                self.state = State::Established {
+                    transport,
+                    remote,
+                    hash,
+                };
+                self.last_sent = now;
+                self.events.push_back(SecureEvent::Established {
+                    remote,
+                    handshake_hash: hash,
+                });
+                Ok(())
+            }
+            State::Established {
+                mut transport,
+                remote,
+                hash,
+            } => {
+                // The scratch buffer is lent out so the plaintext can be
+                // parsed without copying it.
+                let mut scratch = std::mem::take(&mut self.scratch);
+                let result = open(&mut transport, record, &mut scratch)
+                    .and_then(|plain| self.handle_transport_plaintext(plain));
+                self.scratch = scratch;
+                self.state = State::Established {
+                    transport,
+                    remote,
+                    hash,
+                };
+                result
+            }
+            State::Closed => Err(SecureError::Closed),
+        }
+    }
+
+    fn handle_handshake_record(
+        &mut self,
+        mut handshake: Box<HandshakeState>,
+        record: &[u8],
+        now: Instant,
+    ) -> Result<(), SecureError> {
+        if handshake.is_my_turn() {
+            return Err(SecureError::Malformed("record arrived out of turn"));
+        }
+        let payload_len = handshake
+            .read_message(record, &mut self.scratch)
+            .map_err(|_| SecureError::Handshake)?;
+        let payload = &self.scratch[..payload_len];
+        let first_message = self.role == Role::Responder && handshake.get_remote_static().is_none();
+        if first_message {
+            match payload {
+                [PROTOCOL_VERSION] => {}
+                [] => return Err(SecureError::Malformed("missing version byte")),
+                [version, ..] => return Err(SecureError::UnsupportedVersion(*version)),
+            }
+        } else if !payload.is_empty() {
+            return Err(SecureError::Malformed("unexpected handshake payload"));
+        }
+        if let (Some(expected), Some(remote_static)) =
+            (self.config.expected_remote, handshake.get_remote_static())
+        {
+            let expected_static = expected.to_x25519().map_err(|_| SecureError::Internal)?;
+            if expected_static.as_slice() != remote_static {
+                return Err(SecureError::UnexpectedRemoteKey { expected });
+            }
+        }
+        self.state = State::Handshake(handshake);
+        if self.handshake_is_my_turn() {
+            self.write_handshake(&[], now)
+        } else {
+            self.maybe_finish_noise(now)
+        }
+    }
+
+    fn handshake_is_my_turn(&self) -> bool {
+        match &self.state {
+            State::Handshake(h) => !h.is_handshake_finished() && h.is_my_turn(),
+            _ => false,
+        }
+    }
+
+    /// Writes the next handshake message; when that finishes Noise, switches
+    /// to transport mode and sends the identity proof.
+    fn write_handshake(&mut self, payload: &[u8], now: Instant) -> Result<(), SecureError> {
+        let State::Handshake(handshake) = &mut self.state else {
+            return Err(SecureError::Internal);
+        };
+        let len = handshake
+            .write_message(payload, &mut self.scratch)
+            .map_err(|_| SecureError::Internal)?;
+        push_record(&mut self.outbuf, &self.scratch[..len])?;
+        self.last_sent = now;
+        self.maybe_finish_noise(now)
+    }
+
+    fn maybe_finish_noise(&mut self, now: Instant) -> Result<(), SecureError> {
+        let finished = matches!(&self.state, State::Handshake(h) if h.is_handshake_finished());
+        if !finished {
+            return Ok(());
+        }
+        let State::Handshake(handshake) = std::mem::replace(&mut self.state, State::Closed) else {
+            return Err(SecureError::Internal);
+        };
+        let hash = HandshakeHash(
+            handshake
+                .get_handshake_hash()
+                .try_into()
+                .map_err(|_| SecureError::Internal)?,
+        );
+        let remote_static: [u8; 32] = handshake
+            .get_remote_static()
+            .and_then(|k| k.try_into().ok())
+            .ok_or(SecureError::Handshake)?;
+        let transport = handshake
+            .into_transport_mode()
+            .map_err(|_| SecureError::Internal)?;
+        self.state = State::AwaitingProof {
+            transport: Box::new(transport),
+            remote_static,
+            hash,
+        };
+        let mut proof = Vec::with_capacity(1 + PUBLIC_KEY_LEN + SIGNATURE_LEN);
+        proof.push(KIND_AUTH);
+        proof.extend_from_slice(self.keypair.public_key().as_bytes());
+        proof.extend_from_slice(&self.keypair.sign(&proof_message(self.role, &hash)));
+        self.seal(&proof, now)
+    }
+
+    fn handle_transport_plaintext(&mut self, plain: &[u8]) -> Result<(), SecureError> {
+        let Some((&kind, body)) = plain.split_first() else {
+            return Err(SecureError::Malformed("empty record"));
+        };
+        match kind {
+            KIND_KEEPALIVE if body.is_empty() => Ok(()),
+            KIND_KEEPALIVE => Err(SecureError::Malformed("keep-alive with a body")),
+            KIND_FRAME_START => {
+                if self.partial.is_some() {
+                    return Err(SecureError::Malformed("frame started inside a frame"));
+                }
+                let Some((len, data)) = body.split_first_chunk::<4>() else {
+                    return Err(SecureError::Malformed("truncated frame header"));
+                };
+                let len = u32::from_le_bytes(*len);
+                if len > self.config.max_frame_len {
+                    return Err(SecureError::FrameTooLarge {
+                        len: u64::from(len),
+                        max: self.config.max_frame_len,
+                    });
+                }
+                let len = usize::try_from(len).map_err(|_| SecureError::Internal)?;
+                self.append_chunk(
+                    PartialFrame {
+                        len,
+                        data: Vec::with_capacity(data.len()),
+                    },
+                    data,
+                )
+            }
+            KIND_FRAME_CONTINUE => match self.partial.take() {
+                Some(partial) => self.append_chunk(partial, body),
+                None => Err(SecureError::Malformed("continuation without a frame")),
+            },
+            KIND_AUTH => Err(SecureError::Malformed("repeated identity proof")),
+            _ => Err(SecureError::Malformed("unknown record kind")),
+        }
+    }
+
+    fn append_chunk(&mut self, mut partial: PartialFrame, chunk: &[u8]) -> Result<(), SecureError> {
+        if chunk.len() > partial.len - partial.data.len() {
+            return Err(SecureError::Malformed("frame longer than declared"));
+        }
+        partial.data.extend_from_slice(chunk);
+        if partial.data.len() == partial.len {
+            self.events.push_back(SecureEvent::Message(partial.data));
+        } else {
+            self.partial = Some(partial);
+        }
+        Ok(())
+    }
+
+    /// Encrypts one record (at most [`MAX_RECORD_PLAINTEXT`] bytes) into the
+    /// output buffer.
+    fn seal(&mut self, plaintext: &[u8], now: Instant) -> Result<(), SecureError> {
+        let transport = match &mut self.state {
+            State::AwaitingProof { transport, .. } | State::Established { transport, .. } => {
+                transport
+            }
+            _ => return Err(SecureError::Internal),
+        };
+        let len = transport
+            .write_message(plaintext, &mut self.scratch)
+            .map_err(|_| SecureError::Internal)?;
+        push_record(&mut self.outbuf, &self.scratch[..len])?;
+        self.last_sent = now;
+        Ok(())
+    }
+}
+
+/// Decrypts one transport record into `scratch`.
+fn open<'a>(
+    transport: &mut TransportState,
+    record: &[u8],
+    scratch: &'a mut [u8],
+) -> Result<&'a [u8], SecureError> {
+    if record.len() < TAG_LEN {
+        return Err(SecureError::Malformed("record shorter than its tag"));
+    }
+    let len = transport
+        .read_message(record, scratch)
+        .map_err(|_| SecureError::Decrypt)?;
+    scratch.get(..len).ok_or(SecureError::Internal)
+}
+
+/// Checks the peer's identity proof: its ed25519 key must match its Noise
+/// static key, and it must have signed the handshake hash.
+fn check_proof(
+    plain: &[u8],
+    signer: Role,
+    remote_static: &[u8; 32],
+    hash: &HandshakeHash,
+    expected: Option<PublicKey>,
+) -> Result<PublicKey, SecureError> {
+    let Some((&KIND_AUTH, body)) = plain.split_first() else {
+        return Err(SecureError::Malformed("expected identity proof"));
+    };
+    if body.len() != PUBLIC_KEY_LEN + SIGNATURE_LEN {
+        return Err(SecureError::BadIdentityProof);
+    }
+    let (key, signature) = body.split_at(PUBLIC_KEY_LEN);
+    let remote = PublicKey::from_slice(key).map_err(|_| SecureError::BadIdentityProof)?;
+    if remote.to_x25519().ok().as_ref() != Some(remote_static) {
+        return Err(SecureError::BadIdentityProof);
+    }
+    remote
+        .verify(&proof_message(signer, hash), signature)
+        .map_err(|_| SecureError::BadIdentityProof)?;
+    if let Some(expected) = expected {
+        if expected != remote {
+            return Err(SecureError::UnexpectedRemoteKey { expected });
+        }
+    }
+    Ok(remote)
+}
+
+fn push_record(out: &mut Vec<u8>, message: &[u8]) -> Result<(), SecureError> {
+    let len = u16::try_from(message.len()).map_err(|_| SecureError::Internal)?;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(message);
+    Ok(())
+}
+
+fn proof_message(signer: Role, hash: &HandshakeHash) -> Vec<u8> {
+    let mut message = Vec::with_capacity(AUTH_CONTEXT.len() + 1 + HANDSHAKE_HASH_LEN);
+    message.extend_from_slice(AUTH_CONTEXT);
+    message.push(signer.tag());
+    message.extend_from_slice(hash.as_bytes());
+    message
+}
+
+/// Hands snow the default pure-Rust primitives, but randomness expanded from
+/// a seed drawn from the injected entropy source.
+struct InjectedResolver {
+    seed: [u8; 32],
+}
+
+struct SeededRandom(SeededEntropy);
+
+impl Random for SeededRandom {
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), snow::Error> {
+        self.0.try_fill_bytes(dest).map_err(|_| snow::Error::Rng)
+    }
+}
+
+impl CryptoResolver for InjectedResolver {
+    fn resolve_rng(&self) -> Option<Box<dyn Random>> {
+        Some(Box::new(SeededRandom(SeededEntropy::new(self.seed))))
+    }
+
+    fn resolve_dh(&self, choice: &DHChoice) -> Option<Box<dyn Dh>> {
+        DefaultResolver.resolve_dh(choice)
+    }
+
+    fn resolve_hash(&self, choice: &HashChoice) -> Option<Box<dyn Hash>> {
+        DefaultResolver.resolve_hash(choice)
+    }
+
+    fn resolve_cipher(&self, choice: &CipherChoice) -> Option<Box<dyn Cipher>> {
+        DefaultResolver.resolve_cipher(choice)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn proof(signer: &KeyPair, claimed: &PublicKey, role: Role, hash: &HandshakeHash) -> Vec<u8> {
+        let mut p = vec![KIND_AUTH];
+        p.extend_from_slice(claimed.as_bytes());
+        p.extend_from_slice(&signer.sign(&proof_message(role, hash)));
+        p
+    }
+
+    #[test]
+    fn identity_proofs_are_checked() {
+        let alice = KeyPair::from_seed([1; 32]);
+        let mallory = KeyPair::from_seed([2; 32]);
+        let hash = HandshakeHash([7; HANDSHAKE_HASH_LEN]);
+        let other_hash = HandshakeHash([8; HANDSHAKE_HASH_LEN]);
+        let alice_static = alice.public_key().to_x25519().unwrap();
+        let role = Role::Initiator;
+
+        let good = proof(&alice, &alice.public_key(), role, &hash);
+        assert_eq!(
+            check_proof(&good, role, &alice_static, &hash, None),
+            Ok(alice.public_key())
+        );
+        // Signed over another session's hash.
+        assert_eq!(
+            check_proof(&good, role, &alice_static, &other_hash, None),
+            Err(SecureError::BadIdentityProof)
+        );
+        // Reflected: signed in the other role.
+        assert_eq!(
+            check_proof(&good, Role::Responder, &alice_static, &hash, None),
+            Err(SecureError::BadIdentityProof)
+        );
+        // Claims alice's key, signed by mallory.
+        let forged = proof(&mallory, &alice.public_key(), role, &hash);
+        assert_eq!(
+            check_proof(&forged, role, &alice_static, &hash, None),
+            Err(SecureError::BadIdentityProof)
+        );
+        // Mallory's own valid proof, but alice's Noise static key.
+        let swapped = proof(&mallory, &mallory.public_key(), role, &hash);
+        assert_eq!(
+            check_proof(&swapped, role, &alice_static, &hash, None),
+            Err(SecureError::BadIdentityProof)
+        );
+        // Truncated, or a different record kind.
+        assert_eq!(
+            check_proof(&good[..good.len() - 1], role, &alice_static, &hash, None),
+            Err(SecureError::BadIdentityProof)
+        );
+        assert!(matches!(
+            check_proof(&[KIND_FRAME_START], role, &alice_static, &hash, None),
+            Err(SecureError::Malformed(_))
+        ));
+        // Valid but not who we expected.
+        let expected = mallory.public_key();
+        assert_eq!(
+            check_proof(&good, role, &alice_static, &hash, Some(expected)),
+            Err(SecureError::UnexpectedRemoteKey { expected })
+        );
+    }
+
+    #[test]
+    fn version_mismatch_is_reported() {
+        let now = Instant::now();
+        let mut entropy = SeededEntropy::from_u64(1);
+        let alice = KeyPair::from_seed([1; 32]);
+        let bob = KeyPair::from_seed([2; 32]);
+        let mut a = SecureConnection::new(
+            Role::Initiator,
+            &alice,
+            SecureConfig::default(),
+            &mut entropy,
+            now,
+        )
+        .unwrap();
+        let mut b = SecureConnection::new(
+            Role::Responder,
+            &bob,
+            SecureConfig::default(),
+            &mut entropy,
+            now,
+        )
+        .unwrap();
+        let mut m1 = a.poll_transmit().unwrap();
+        // The first message is `e` (32 bytes) then the clear version payload.
+        assert_eq!(m1.len(), 2 + 32 + 1);
+        assert_eq!(m1.last(), Some(&PROTOCOL_VERSION));
+        if let Some(v) = m1.last_mut() {
+            *v = 2;
+        }
+        assert_eq!(
+            b.handle_input(&m1, now),
+            Err(SecureError::UnsupportedVersion(2))
+        );
+    }
+}
