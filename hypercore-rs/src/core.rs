@@ -984,8 +984,11 @@ impl Core {
         if let Some(up) = &req.upgrade {
             let mut start = up.start.min(rec.length);
             if req.fork != rec.fork {
-                // The requester is on an older fork: start where both agree.
-                start = start.min(common_prefix(&rec.forks, req.fork));
+                // The requester is on an older fork: start where both agree,
+                // rounded down to where its own roots end (it always holds
+                // those, even when it is sparse).
+                let common = start.min(common_prefix(&rec.forks, req.fork));
+                start = root_boundary_at_or_below(up.start, common);
             }
             if start < rec.length || req.fork != rec.fork {
                 let sig = rec.signature.clone().ok_or(Error::NotWritable)?;
@@ -1354,6 +1357,20 @@ fn common_prefix(forks: &[(u64, u64, u64)], reader_fork: u64) -> u64 {
         }
         _ => 0,
     }
+}
+
+/// The largest end of a prefix of the roots of a `length`-block tree that is
+/// at most `limit`.
+fn root_boundary_at_or_below(length: u64, limit: u64) -> u64 {
+    let mut end = 0;
+    for r in flat::full_roots(length) {
+        let (_, b) = flat::span(r);
+        if b > limit {
+            break;
+        }
+        end = b;
+    }
+    end
 }
 
 fn user_key(key: &str) -> Vec<u8> {

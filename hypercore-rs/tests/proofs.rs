@@ -322,3 +322,55 @@ fn proofs_stay_logarithmic() {
         );
     });
 }
+
+#[test]
+fn a_sparse_reader_follows_a_fork() {
+    block_on(async {
+        let writer = writer_with(10_000, 6).await;
+        let reader = reader_of(&writer).await;
+        let up = writer
+            .proof(&ProofRequest {
+                upgrade: Some(UpgradeRequest { start: 0 }),
+                manifest: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        reader.verify(&up).await.unwrap();
+        for i in [5u64, 9_990, 9_999] {
+            let p = writer
+                .proof(&ProofRequest {
+                    block: Some(reader.block_request(i).await.unwrap()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            reader.verify(&p).await.unwrap();
+        }
+        writer.truncate(9_997).await.unwrap();
+        writer.append(b"fixed").await.unwrap();
+        let p = writer
+            .proof(&ProofRequest {
+                fork: reader.fork(),
+                upgrade: Some(UpgradeRequest {
+                    start: reader.length(),
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let v = reader.verify(&p).await.unwrap();
+        let kept = v.truncated.unwrap();
+        assert!(kept <= 9_997 && kept >= 9_984, "kept {kept}");
+        assert_eq!((reader.length(), reader.fork()), (9_998, 1));
+        assert_eq!(reader.tree_hash(), writer.tree_hash());
+        // Data from before the fork point is kept; data after it is dropped.
+        assert!(reader.get(5).await.unwrap().is_some());
+        assert_eq!(reader.get(9_999 - 2).await.unwrap(), None);
+        sync_all(&writer, &reader).await;
+        assert_eq!(
+            reader.get(9_997).await.unwrap().as_deref(),
+            Some(&b"fixed"[..])
+        );
+    });
+}

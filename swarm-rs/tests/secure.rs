@@ -587,7 +587,7 @@ proptest! {
         let mut turn = 0usize;
         let mut failed = false;
         loop {
-            let (from, to) = if turn % 2 == 0 { (&mut a, &mut b) } else { (&mut b, &mut a) };
+            let (from, to) = if turn.is_multiple_of(2) { (&mut a, &mut b) } else { (&mut b, &mut a) };
             let Some(mut bytes) = from.poll_transmit() else {
                 if turn > 6 { break; }
                 turn += 1;
