@@ -40,6 +40,36 @@ const LOC_SLOT: u64 = 24;
 const PRESENT: u32 = 0x5052_5331; // "PRS1"
 const MAX_WAL_RECORD: usize = 256 << 20;
 
+/// Hashes keys that are already uniformly distributed (block and node
+/// indices after mixing, core ids that are BLAKE3 outputs) cheaply; the
+/// overlay maps sit on the append and read hot paths.
+#[derive(Default, Clone, Copy)]
+struct FastHasher(u64);
+
+impl std::hash::Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut a = [0u8; 8];
+            a[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(a));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
+
+/// Sequential reads are served from one read-ahead buffer of this size.
+const READ_AHEAD: u64 = 128 * 1024;
+
 /// Tuning for [`DiskStorage`].
 #[derive(Clone, Debug)]
 pub struct DiskOptions {
@@ -138,8 +168,12 @@ struct CoreFiles {
     data_dirty: bool,
     created: bool,
     // Overlay of changes since the last checkpoint.
-    nodes: HashMap<u64, Option<Node>>,
-    locs: HashMap<u64, Option<Loc>>,
+    nodes: FastMap<u64, Option<Node>>,
+    locs: FastMap<u64, Option<Loc>>,
+    // Read-ahead over the data file. Referenced bytes are never overwritten,
+    // so a buffered range cannot go stale for any block still referenced.
+    read_buf: Option<(u64, Vec<u8>)>,
+    last_read_end: u64,
     tree_limit: u64,
     index_limit: u64,
 }
@@ -253,6 +287,50 @@ impl CoreFiles {
             .map_err(|e| io_err("read", &path, e))?;
         decode_loc(&buf)
             .map_err(|what| StorageError::Corrupt(format!("{path}: {what} at block {index}")))
+    }
+
+    /// Reads a block's bytes, through the read-ahead buffer when the reads
+    /// are sequential.
+    fn read_data(&mut self, vfs: &dyn Vfs, loc: &Loc) -> Result<Vec<u8>, StorageError> {
+        let (off, len) = (loc.offset, loc.len as u64);
+        if let Some((start, buf)) = &self.read_buf {
+            if off >= *start && off + len <= *start + buf.len() as u64 {
+                let a = (off - start) as usize;
+                self.last_read_end = off + len;
+                return Ok(buf[a..a + len as usize].to_vec());
+            }
+        }
+        let sequential = off == self.last_read_end;
+        self.last_read_end = off + len;
+        let want = if sequential && len < READ_AHEAD {
+            READ_AHEAD.min(self.data_end.saturating_sub(off)).max(len)
+        } else {
+            len
+        };
+        let path = format!("{}/data", self.dir);
+        let f = self
+            .data_file(vfs, false)?
+            .ok_or_else(|| StorageError::Corrupt(format!("{path} is missing")))?;
+        let mut data = vec![0u8; want as usize];
+        let short = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => {
+                StorageError::Corrupt(format!("{path} is shorter than its index says"))
+            }
+            _ => io_err("read", &path, e),
+        };
+        if want > len {
+            if f.read_at(&mut data, off).is_err() {
+                // The file may end before the read-ahead window: read exactly.
+                data.truncate(len as usize);
+                f.read_at(&mut data, off).map_err(short)?;
+                return Ok(data);
+            }
+            let out = data[..len as usize].to_vec();
+            self.read_buf = Some((off, data));
+            return Ok(out);
+        }
+        f.read_at(&mut data, off).map_err(short)?;
+        Ok(data)
     }
 
     /// One past the highest block index that may have a location.
@@ -384,7 +462,7 @@ struct Engine {
     wal_dirty: bool,
     generation: u64,
     meta: BTreeMap<Vec<u8>, Vec<u8>>,
-    cores: HashMap<CoreId, CoreFiles>,
+    cores: FastMap<CoreId, CoreFiles>,
     punches: Vec<(CoreId, u64, u64)>,
     data_since_checkpoint: u64,
 }
@@ -456,7 +534,7 @@ impl DiskStorage {
             wal_dirty: false,
             generation: state.generation,
             meta: state.meta.into_iter().collect(),
-            cores: HashMap::new(),
+            cores: FastMap::default(),
             punches: Vec::new(),
             data_since_checkpoint: 0,
         };
@@ -1125,21 +1203,11 @@ impl Storage for DiskStorage {
         if loc.len == 0 {
             return Ok(Some(Vec::new()));
         }
-        let path = format!("{}/data", cf.dir);
-        let f = cf
-            .data_file(vfs.as_ref(), false)?
-            .ok_or_else(|| StorageError::Corrupt(format!("{path} is missing")))?;
-        let mut data = vec![0u8; loc.len as usize];
-        f.read_at(&mut data, loc.offset)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::UnexpectedEof => {
-                    StorageError::Corrupt(format!("{path} is shorter than its index says"))
-                }
-                _ => io_err("read", &path, e),
-            })?;
+        let data = cf.read_data(vfs.as_ref(), &loc)?;
         if crc32fast::hash(&data) != loc.crc {
             return Err(StorageError::Corrupt(format!(
-                "{path}: checksum mismatch for block {index}"
+                "{}/data: checksum mismatch for block {index}",
+                cf.dir
             )));
         }
         Ok(Some(data))
