@@ -91,10 +91,22 @@ mod tests {
     #[test]
     fn golden_vectors() {
         // Encodings are a contract: these values must never change.
-        let leaf = Node::leaf(0, b"hello");
         let hex = |h: &Hash| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
-        let again = leaf_hash(b"hello");
-        assert_eq!(hex(&leaf.hash), hex(&again));
-        assert_eq!(hex(&tree_hash(&[])), hex(blake3::hash(&[TREE]).as_bytes()));
+        let l0 = Node::leaf(0, b"hello");
+        let l1 = Node::leaf(1, b"world");
+        let p = Node::parent(&l0, &l1);
+        assert_eq!(
+            hex(&l0.hash),
+            "3cd0ae56e17f62f477b630a160b1f3eb66f608d9ffb93917e13ce92b62b7d663"
+        );
+        assert_eq!(
+            hex(&p.hash),
+            "083f2d4278093f86979b78878a1a152010262a8b48adb229c8821b2618f56d1a"
+        );
+        assert_eq!(
+            hex(&tree_hash(&[p])),
+            "fa179f71dc406b46614dee3b1e29ff92f264a84bafd1d03d8a521e1d56f65c87"
+        );
+        assert_eq!((p.index, p.size), (1, 10));
     }
 }

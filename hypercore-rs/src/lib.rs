@@ -62,3 +62,8 @@ pub use proof::{
     UpgradeProof, UpgradeRequest, Verified,
 };
 pub use storage::{Batch, CoreId, DiskOptions, DiskStorage, MemoryStorage, Op, Storage};
+
+/// The README's example, compiled and run as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctest;

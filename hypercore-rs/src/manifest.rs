@@ -306,6 +306,24 @@ mod tests {
     }
 
     #[test]
+    fn golden_vectors() {
+        let hex = |h: &[u8]| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let m = Manifest::single(KeyPair::from_seed([1; 32]).public_key());
+        assert_eq!(
+            hex(&m.encode()),
+            "0101018a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c"
+        );
+        assert_eq!(
+            hex(&m.key()),
+            "426d59426ac5a975ce05f77992fe051715eda84a483377a736bbf688d84c74bb"
+        );
+        assert_eq!(
+            hex(&discovery_key(&m.key())),
+            "ceb4c48ed67101ef54739aa3c62cf1689ddc8742b7c102c838038506d7ba3fb6"
+        );
+    }
+
+    #[test]
     fn keys_are_distinct() {
         let a = Manifest::single(kp(1).verifying_key().to_bytes());
         let b = Manifest::single(kp(2).verifying_key().to_bytes());
