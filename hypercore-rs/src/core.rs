@@ -7,6 +7,7 @@
 //! leaves the core exactly as it was and usable. Signing is deferred: a burst
 //! of appends costs one signature, made when a signature is first needed.
 
+use crate::clock::{Clock, ThreadClock};
 use crate::encryption::BlockEncryption;
 use crate::entropy::{Entropy, OsEntropy};
 use crate::error::{Error, ProofError, Result, MAX_BLOCK_SIZE};
@@ -17,6 +18,7 @@ use crate::proof::{
     upgrade_node_indices, upgrade_roots, walk_up, BlockProof, HashProof, Proof, ProofRequest,
     SeekProof, UpgradeProof, Verified,
 };
+use crate::replication::scheduler::{Scheduler, Wake};
 use crate::storage::{Batch, CoreId, Op, Storage};
 use ed25519_dalek::SigningKey;
 use futures::channel::mpsc;
@@ -144,6 +146,70 @@ struct Inner {
     state: Mutex<State>,
     events: Mutex<Vec<mpsc::UnboundedSender<Event>>>,
     snapshots: Mutex<Vec<Weak<SnapshotShared>>>,
+    scheduler: Mutex<Scheduler>,
+    clock: Arc<dyn Clock>,
+}
+
+/// How [`Core::get_with`] behaves when the block is not held locally.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GetOptions {
+    /// Fetch it from connected peers and wait for it.
+    pub wait: bool,
+    /// Give up after this long ([`Error::Timeout`]).
+    pub timeout: Option<std::time::Duration>,
+    /// With `wait`, fail at once with [`Error::Offline`] if no peer is connected.
+    pub fail_fast: bool,
+}
+
+impl GetOptions {
+    /// Wait for the block, at most `timeout`, failing at once when offline.
+    pub fn wait_for(timeout: std::time::Duration) -> Self {
+        GetOptions {
+            wait: true,
+            timeout: Some(timeout),
+            fail_fast: true,
+        }
+    }
+}
+
+/// A wanted range being downloaded from peers; dropping it (or
+/// [`Download::cancel`]) withdraws the want.
+pub struct Download {
+    core: Core,
+    want: u64,
+    start: u64,
+    end: u64,
+}
+
+impl std::fmt::Debug for Download {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Download")
+            .field("start", &self.start)
+            .field("end", &self.end)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Download {
+    /// Completes when every block of the range is held locally. A live
+    /// download (no end) never completes: it follows the writer.
+    pub async fn done(&self) -> Result<()> {
+        if self.end == u64::MAX {
+            return futures::future::pending().await;
+        }
+        let rx = self.core.scheduler().add_range_waiter(self.start, self.end);
+        rx.await.map_err(|_| Error::Closed)
+    }
+
+    /// Stops downloading the range.
+    pub fn cancel(self) {}
+}
+
+impl Drop for Download {
+    fn drop(&mut self) {
+        self.core.scheduler().remove_want(self.want);
+    }
 }
 
 /// A handle to a hypercore. Cheap to clone; clones share state.
@@ -181,6 +247,7 @@ pub struct CoreBuilder {
     encryption_key: Option<[u8; 32]>,
     durability: Durability,
     entropy: Arc<dyn Entropy>,
+    clock: Arc<dyn Clock>,
     create: bool,
 }
 
@@ -225,6 +292,12 @@ impl CoreBuilder {
     /// The randomness used to generate a key pair when none is given.
     pub fn entropy(mut self, entropy: Arc<dyn Entropy>) -> Self {
         self.entropy = entropy;
+        self
+    }
+
+    /// The time source for timeouts (default: [`ThreadClock`]).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
         self
     }
 
@@ -367,6 +440,8 @@ impl CoreBuilder {
             storage.write(batch).await?;
         }
         let encryption = self.encryption_key.map(|k| BlockEncryption::new(&k, &key));
+        let mut scheduler = Scheduler::default();
+        scheduler.local.insert(0, rec.contiguous_length);
         let core = Core {
             inner: Arc::new(Inner {
                 storage,
@@ -384,6 +459,8 @@ impl CoreBuilder {
                 }),
                 events: Mutex::new(Vec::new()),
                 snapshots: Mutex::new(Vec::new()),
+                scheduler: Mutex::new(scheduler),
+                clock: self.clock,
             }),
         };
         Ok(core)
@@ -415,12 +492,22 @@ impl Core {
             encryption_key: None,
             durability: Durability::default(),
             entropy: Arc::new(OsEntropy),
+            clock: Arc::new(ThreadClock),
             create: true,
         }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
         lock(&self.inner.state)
+    }
+
+    /// The shared download scheduler (lock order: scheduler before state).
+    pub(crate) fn scheduler(&self) -> MutexGuard<'_, Scheduler> {
+        lock(&self.inner.scheduler)
+    }
+
+    fn announce(&self, have: Vec<(u64, u64)>, drop: Vec<(u64, u64)>) {
+        self.scheduler().wake_all(Wake::Announce { have, drop });
     }
 
     /// The core key (share it with readers; it lets them verify everything).
@@ -596,6 +683,14 @@ impl Core {
             let mut s = self.state();
             s.rec = rec;
             s.roots = roots;
+        }
+        {
+            let mut s = self.scheduler();
+            s.on_local(start_length, length);
+            s.wake_all(Wake::Announce {
+                have: vec![(start_length, length - start_length)],
+                drop: Vec::new(),
+            });
         }
         self.maybe_flush().await?;
         self.emit(vec![Event::Append {
@@ -799,6 +894,8 @@ impl Core {
             s.rec = rec;
             s.roots = roots;
         }
+        self.scheduler().on_local_truncated(length);
+        self.announce(Vec::new(), Vec::new());
         self.maybe_flush().await?;
         self.emit(vec![Event::Truncate { length, fork }]);
         Ok(())
@@ -844,6 +941,8 @@ impl Core {
         batch.push(self.state_op(&rec));
         self.inner.storage.write(batch).await?;
         self.state().rec.contiguous_length = rec.contiguous_length;
+        self.scheduler().on_local_dropped(start, end);
+        self.announce(Vec::new(), vec![(start, end - start)]);
         // Space is given back once the clear is durable.
         self.inner.storage.flush().await?;
         Ok(())
@@ -892,6 +991,112 @@ impl Core {
                 )
             })
             .collect())
+    }
+
+    /// Reads block `index`, fetching it from connected peers if asked to.
+    pub async fn get_with(&self, index: u64, options: GetOptions) -> Result<Option<Vec<u8>>> {
+        if index < self.length() {
+            if let Some(b) = self.get(index).await? {
+                return Ok(Some(b));
+            }
+        }
+        if !options.wait {
+            return if index < self.length() {
+                Ok(None)
+            } else {
+                Err(Error::OutOfRange {
+                    index,
+                    length: self.length(),
+                })
+            };
+        }
+        if options.fail_fast && self.scheduler().offline() {
+            return Err(Error::Offline);
+        }
+        let (want, rx) = {
+            let mut s = self.scheduler();
+            let want = s.add_want(index, index + 1);
+            (want, s.add_range_waiter(index, index + 1))
+        };
+        let arrived = match options.timeout {
+            Some(t) => {
+                let sleep = self.inner.clock.sleep(t);
+                match futures::future::select(rx, sleep).await {
+                    futures::future::Either::Left((r, _)) => r.is_ok(),
+                    futures::future::Either::Right(_) => false,
+                }
+            }
+            None => rx.await.is_ok(),
+        };
+        self.scheduler().remove_want(want);
+        if !arrived {
+            return Err(Error::Timeout);
+        }
+        self.get(index).await
+    }
+
+    /// Learns the latest signed length from connected peers: waits until every
+    /// connected peer has said how long its core is and any newer length was
+    /// verified. Returns whether any peer was connected.
+    pub async fn update(&self) -> Result<bool> {
+        let rx = self.scheduler().start_update();
+        match rx {
+            None => Ok(false),
+            Some(rx) => rx.await.map_err(|_| Error::Closed),
+        }
+    }
+
+    /// Downloads blocks `[start, end)` from peers; the returned handle
+    /// completes when they are all held locally. Blocks beyond the current
+    /// length are fetched once an upgrade from a peer covers them.
+    pub fn download(&self, start: u64, end: u64) -> Download {
+        let want = self.scheduler().add_want(start, end);
+        Download {
+            core: self.clone(),
+            want,
+            start,
+            end,
+        }
+    }
+
+    /// Downloads everything and keeps following the writer while the handle lives.
+    pub fn download_live(&self) -> Download {
+        self.download(0, u64::MAX)
+    }
+
+    /// Number of peers currently replicating this core.
+    pub fn peer_count(&self) -> usize {
+        self.scheduler().peer_count()
+    }
+
+    /// Subscribes to an extension: messages that peers send under `name`,
+    /// with an id of the peer that sent them.
+    pub fn extension(&self, name: &str) -> mpsc::UnboundedReceiver<(u64, Vec<u8>)> {
+        self.scheduler().subscribe_extension(name)
+    }
+
+    /// Sends an extension message to every connected peer.
+    pub fn send_extension(&self, name: &str, message: Vec<u8>) {
+        self.scheduler().wake_all(Wake::Extension {
+            name: name.to_string(),
+            message,
+        });
+    }
+
+    /// Replicates this core with a remote over a framed duplex; see
+    /// [`crate::replication::replicate`].
+    pub async fn replicate<IO>(
+        &self,
+        io: IO,
+        options: crate::replication::ReplicateOptions,
+    ) -> std::result::Result<(), crate::replication::ReplicationError>
+    where
+        IO: futures::Stream<Item = std::result::Result<Vec<u8>, std::io::Error>>
+            + futures::Sink<Vec<u8>, Error = std::io::Error>
+            + Send
+            + 'static,
+    {
+        crate::replication::replicate(Arc::new(self.clone()), io, options).await
     }
 
     /// A read-only view at the current length that later appends and
@@ -985,10 +1190,14 @@ impl Core {
             let mut start = up.start.min(rec.length);
             if req.fork != rec.fork {
                 // The requester is on an older fork: start where both agree,
-                // rounded down to where its own roots end (it always holds
-                // those, even when it is sparse).
+                // or, if asked, where its own roots end at or below that (it
+                // always holds those, even when it is sparse).
                 let common = start.min(common_prefix(&rec.forks, req.fork));
-                start = root_boundary_at_or_below(up.start, common);
+                start = if req.round_fork_point {
+                    root_boundary_at_or_below(up.start, common)
+                } else {
+                    common
+                };
             }
             if start < rec.length || req.fork != rec.fork {
                 let sig = rec.signature.clone().ok_or(Error::NotWritable)?;
@@ -1136,12 +1345,7 @@ impl Core {
                 for i in flat::full_roots(up.start) {
                     match self.inner.storage.node(&id, i).await? {
                         Some(n) => v.push(n),
-                        None => {
-                            return Err(ProofError::Stale(
-                                "verifier lacks a root at the upgrade start",
-                            )
-                            .into())
-                        }
+                        None => return Err(ProofError::MissingAnchor.into()),
                     }
                 }
                 v
@@ -1314,6 +1518,23 @@ impl Core {
             s.roots = new_roots;
             if manifest.is_some() {
                 s.manifest = manifest;
+            }
+        }
+        {
+            let mut s = self.scheduler();
+            if let Some(t) = truncate_to {
+                s.on_local_truncated(t);
+            }
+            let mut have = Vec::new();
+            if let Some(i) = out.block {
+                s.on_local(i, i + 1);
+                have.push((i, 1));
+            }
+            if out.upgraded.is_some() || !have.is_empty() {
+                s.wake_all(Wake::Announce {
+                    have,
+                    drop: Vec::new(),
+                });
             }
         }
         self.emit(events);

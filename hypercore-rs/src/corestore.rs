@@ -44,6 +44,7 @@ struct Shared {
     storage: Arc<dyn Storage>,
     seed: [u8; 32],
     open: Mutex<HashMap<Hash, Core>>,
+    sessions: Mutex<Vec<futures::channel::mpsc::UnboundedSender<Core>>>,
 }
 
 /// Many cores over one storage, with deterministic key pairs for named cores.
@@ -100,6 +101,7 @@ impl Corestore {
                 storage,
                 seed,
                 open: Mutex::new(HashMap::new()),
+                sessions: Mutex::new(Vec::new()),
             }),
             namespace: [0u8; 32],
         }
@@ -238,7 +240,66 @@ impl Corestore {
 
     fn remember(&self, core: Core) -> Core {
         let mut open = self.shared.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.entry(core.key()).or_insert(core).clone()
+        if let Some(c) = open.get(&core.key()) {
+            return c.clone();
+        }
+        open.insert(core.key(), core.clone());
+        drop(open);
+        // Live replication sessions open a channel for it too.
+        let mut sessions = self
+            .shared
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        sessions.retain(|tx| tx.unbounded_send(core.clone()).is_ok());
+        core
+    }
+
+    /// Replicates every core this store holds that the remote asks for (and
+    /// proves it knows), and opens channels for every core open here, now or
+    /// later, over one framed duplex.
+    pub async fn replicate<IO>(
+        &self,
+        io: IO,
+        options: crate::replication::ReplicateOptions,
+    ) -> std::result::Result<(), crate::replication::ReplicationError>
+    where
+        IO: futures::Stream<Item = std::result::Result<Vec<u8>, std::io::Error>>
+            + futures::Sink<Vec<u8>, Error = std::io::Error>
+            + Send
+            + 'static,
+    {
+        crate::replication::replicate(Arc::new(self.clone()), io, options).await
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::replication::CoreProvider for Corestore {
+    async fn by_discovery_key(&self, discovery_key: &Hash) -> Option<Core> {
+        self.get_by_discovery_key(*discovery_key)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    fn initial(&self) -> Vec<Core> {
+        self.shared
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn subscribe(&self) -> Option<futures::channel::mpsc::UnboundedReceiver<Core>> {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        self.shared
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
+        Some(rx)
     }
 }
 

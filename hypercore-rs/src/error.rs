@@ -58,6 +58,11 @@ pub enum ProofError {
     /// The signature over the upgraded tree is invalid.
     #[error("invalid signature")]
     BadSignature,
+    /// The upgrade starts at a length for which the verifier does not hold its
+    /// own roots (a sparse reader after a fork); ask again with
+    /// `ProofRequest::round_fork_point`.
+    #[error("the verifier lacks its roots at the upgrade start")]
+    MissingAnchor,
     /// The proof is valid but older than what the verifier already has, or was
     /// made for another fork; it can be asked for again.
     #[error("stale proof: {0}")]
@@ -123,6 +128,12 @@ pub enum Error {
     /// The core or store was closed.
     #[error("closed")]
     Closed,
+    /// A wait for peers timed out.
+    #[error("timed out waiting for peers")]
+    Timeout,
+    /// No peer is connected to ask.
+    #[error("no peer is connected")]
+    Offline,
 }
 
 /// The largest block the log accepts (and that a peer may send).

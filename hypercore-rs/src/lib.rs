@@ -36,6 +36,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod clock;
 mod core;
 mod corestore;
 mod encryption;
@@ -45,9 +46,11 @@ pub mod flat;
 pub mod hash;
 mod manifest;
 pub mod proof;
+pub mod replication;
 pub mod storage;
 
-pub use crate::core::{Core, CoreBuilder, Durability, Event, Info, Snapshot};
+pub use crate::core::{Core, CoreBuilder, Download, Durability, Event, GetOptions, Info, Snapshot};
+pub use clock::{Clock, ManualClock, ThreadClock};
 pub use corestore::{CoreOptions, Corestore};
 pub use encryption::{BlockEncryption, OVERHEAD as ENCRYPTION_OVERHEAD};
 pub use entropy::{Entropy, OsEntropy, SeededEntropy};

@@ -62,6 +62,10 @@ pub struct ProofRequest {
     pub upgrade: Option<UpgradeRequest>,
     /// Whether the requester needs the manifest (it knows only the key).
     pub manifest: bool,
+    /// After a fork, start the upgrade at a boundary of the requester's own
+    /// roots (which every reader holds) rather than at the exact fork point
+    /// (which keeps more data but needs the requester's nodes there).
+    pub round_fork_point: bool,
 }
 
 /// A block with the sibling nodes from its leaf upward.
@@ -223,9 +227,7 @@ fn compute(
     }
     let (a, b) = flat::span(index);
     if b <= start {
-        return local.get(&index).copied().ok_or(ProofError::Stale(
-            "verifier lacks a root at the upgrade start",
-        ));
+        return local.get(&index).copied().ok_or(ProofError::MissingAnchor);
     }
     if a >= start {
         if let Some((n, used)) = provided.get_mut(&index) {

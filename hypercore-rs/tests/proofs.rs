@@ -154,6 +154,7 @@ proptest! {
                 hash: Some(HashRequest { index: 2 * index, nodes: 0 }),
                 seek: Some(SeekRequest { bytes: bytes % total }),
                 manifest: reader.manifest().is_none(),
+                round_fork_point: false,
             };
             let proof = match writer.proof(&req).await {
                 Ok(p) => p,
@@ -425,13 +426,24 @@ fn a_sparse_reader_follows_a_fork() {
         }
         writer.truncate(9_997).await.unwrap();
         writer.append(b"fixed").await.unwrap();
+        // At the exact fork point the sparse reader lacks its own nodes...
+        let exact = ProofRequest {
+            fork: reader.fork(),
+            upgrade: Some(UpgradeRequest {
+                start: reader.length(),
+            }),
+            ..Default::default()
+        };
+        let p = writer.proof(&exact).await.unwrap();
+        assert!(matches!(
+            reader.verify(&p).await,
+            Err(Error::Proof(ProofError::MissingAnchor))
+        ));
+        // ...so it asks again from a boundary of its own roots.
         let p = writer
             .proof(&ProofRequest {
-                fork: reader.fork(),
-                upgrade: Some(UpgradeRequest {
-                    start: reader.length(),
-                }),
-                ..Default::default()
+                round_fork_point: true,
+                ..exact
             })
             .await
             .unwrap();

@@ -6,8 +6,8 @@
 //! `cargo run --release -p ehr-examples --bin hypercore-demo [-- --data DIR]`
 
 use hypercore_rs::{
-    Core, CoreOptions, Corestore, DiskStorage, Error, MemoryStorage, ProofRequest, Storage,
-    UpgradeRequest,
+    Core, CoreOptions, Corestore, DiskStorage, Error, MemoryStorage, ProofError, ProofRequest,
+    Storage, UpgradeRequest,
 };
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,18 +23,26 @@ fn hex(b: &[u8]) -> String {
 /// Brings `reader` up to date with `holder`: one upgrade, then one proof per missing block.
 async fn sync(holder: &Core, reader: &Core) -> Result<usize, Error> {
     let mut bytes = 0;
-    let up = holder
-        .proof(&ProofRequest {
-            fork: reader.fork(),
-            upgrade: Some(UpgradeRequest {
-                start: reader.length(),
-            }),
-            manifest: reader.manifest().is_none(),
-            ..Default::default()
-        })
-        .await?;
+    let mut req = ProofRequest {
+        fork: reader.fork(),
+        upgrade: Some(UpgradeRequest {
+            start: reader.length(),
+        }),
+        manifest: reader.manifest().is_none(),
+        ..Default::default()
+    };
+    let up = holder.proof(&req).await?;
     if up.upgrade.is_some() || up.manifest.is_some() {
-        reader.verify(&up).await?;
+        match reader.verify(&up).await {
+            Err(Error::Proof(ProofError::MissingAnchor)) => {
+                // A sparse reader after a fork: start from a boundary it holds.
+                req.round_fork_point = true;
+                reader.verify(&holder.proof(&req).await?).await?;
+            }
+            other => {
+                other?;
+            }
+        }
     }
     for i in 0..reader.length() {
         if reader.get_raw(i).await?.is_none() {
