@@ -1,0 +1,220 @@
+//! The in-memory shape of a B+tree node, shared by decoded (immutable, cached)
+//! nodes and the dirty nodes of a batch being built.
+//!
+//! Nothing here reads storage; sizes computed here drive splits and merges and
+//! must match the encoder in `format` closely enough that a node written by
+//! the tree never exceeds what the decoder accepts.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+
+/// A cheap-to-clone slice of a shared buffer (a key or value inside a decoded
+/// node, or a caller's key held by a batch).
+#[derive(Clone)]
+pub(crate) struct Bytes {
+    buf: Arc<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl Bytes {
+    pub(crate) fn copy_from(data: &[u8]) -> Bytes {
+        Bytes {
+            buf: Arc::from(data),
+            start: 0,
+            end: data.len(),
+        }
+    }
+
+    /// A slice `[start, end)` of `buf`; the caller has checked the bounds.
+    pub(crate) fn slice_of(buf: &Arc<[u8]>, start: usize, end: usize) -> Bytes {
+        debug_assert!(start <= end && end <= buf.len());
+        Bytes {
+            buf: buf.clone(),
+            start,
+            end,
+        }
+    }
+}
+
+impl Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.buf.get(self.start..self.end).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", &**self)
+    }
+}
+
+impl PartialEq for Bytes {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+impl Eq for Bytes {}
+
+/// Where a node lives: the block that holds it and its slot in that block.
+/// Pointers inside the tree always point strictly backwards in this order,
+/// which is what makes cycles impossible.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Ptr {
+    pub(crate) seq: u64,
+    pub(crate) slot: u32,
+}
+
+/// A leaf value: inline, or a reference to the op (in the same flush) that
+/// holds a large value.
+#[derive(Clone, Debug)]
+pub(crate) enum Value {
+    Inline(Bytes),
+    /// The `op`-th op of block `seq` holds the value (`len` bytes).
+    Ref {
+        seq: u64,
+        op: u32,
+        len: u32,
+    },
+    /// Not written yet: the `op`-th op of the batch being built.
+    Pending {
+        op: u32,
+        len: u32,
+    },
+}
+
+/// A leaf entry's payload: the version that wrote it and its value.
+#[derive(Clone, Debug)]
+pub(crate) struct LeafValue {
+    pub(crate) seq: u64,
+    pub(crate) value: Value,
+}
+
+/// A child of an internal node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Child {
+    Stored(Ptr),
+    /// Index into the arena of the batch being built.
+    Dirty(usize),
+}
+
+/// A B+tree node. Leaves (`level == 0`) hold `keys` and `vals` (same length);
+/// internal nodes hold separator `keys` and `children` (`keys.len() + 1`),
+/// child `i` holding the keys `k` with `keys[i-1] <= k < keys[i]`.
+#[derive(Clone, Debug)]
+pub(crate) struct Node {
+    pub(crate) level: u8,
+    pub(crate) keys: Vec<Bytes>,
+    pub(crate) vals: Vec<LeafValue>,
+    pub(crate) children: Vec<Child>,
+}
+
+/// Bytes of a LEB128 varint.
+pub(crate) fn varint_len(v: u64) -> usize {
+    let bits = 64 - (v | 1).leading_zeros() as usize;
+    bits.div_ceil(7)
+}
+
+/// Estimated encoded size of a child pointer (exact once written; dirty
+/// children are estimated generously).
+const PTR_ESTIMATE: usize = 5;
+/// Fixed part of a node: level byte and key count.
+pub(crate) const NODE_OVERHEAD: usize = 4;
+
+impl Node {
+    pub(crate) fn leaf() -> Node {
+        Node {
+            level: 0,
+            keys: Vec::new(),
+            vals: Vec::new(),
+            children: Vec::new(),
+        }
+    }
+
+    pub(crate) fn is_leaf(&self) -> bool {
+        self.level == 0
+    }
+
+    pub(crate) fn leaf_entry_size(key: &[u8], v: &LeafValue) -> usize {
+        let value = match &v.value {
+            Value::Inline(b) => varint_len(b.len() as u64) + b.len(),
+            Value::Ref { .. } | Value::Pending { .. } => 12,
+        };
+        varint_len(key.len() as u64) + key.len() + varint_len(v.seq) + 1 + value
+    }
+
+    pub(crate) fn sep_size(key: &[u8]) -> usize {
+        varint_len(key.len() as u64) + key.len() + PTR_ESTIMATE
+    }
+
+    /// Estimated encoded size.
+    pub(crate) fn size(&self) -> usize {
+        let body: usize = if self.is_leaf() {
+            self.keys
+                .iter()
+                .zip(&self.vals)
+                .map(|(k, v)| Self::leaf_entry_size(k, v))
+                .sum()
+        } else {
+            self.keys.iter().map(|k| Self::sep_size(k)).sum::<usize>() + PTR_ESTIMATE
+        };
+        NODE_OVERHEAD + body
+    }
+
+    /// Memory charged to the cache for this node.
+    pub(crate) fn weight(&self) -> usize {
+        let entries = self.keys.len() + self.children.len();
+        self.size() + 64 * entries + 128
+    }
+
+    /// Index of the child that may hold `key`.
+    pub(crate) fn child_index(&self, key: &[u8]) -> usize {
+        self.keys.partition_point(|s| &**s <= key)
+    }
+
+    /// Leaf search.
+    pub(crate) fn search(&self, key: &[u8]) -> Result<usize, usize> {
+        self.keys.binary_search_by(|k| (**k).cmp(key))
+    }
+}
+
+/// The shortest separator `s` with `a < s <= b`, given `a < b`: a prefix of
+/// `b`. Short separators keep internal nodes small and wide.
+pub(crate) fn separator(a: &[u8], b: &[u8]) -> Bytes {
+    let common = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let n = (common + 1).min(b.len());
+    debug_assert!(a.cmp(&b[..n]) == Ordering::Less);
+    Bytes::copy_from(&b[..n])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn separators_are_short_and_between() {
+        for (a, b) in [
+            (&b"apple"[..], &b"banana"[..]),
+            (b"abc", b"abd"),
+            (b"ab", b"abc"),
+            (b"", b"a"),
+            (b"a\xff", b"b"),
+        ] {
+            let s = separator(a, b);
+            assert!(a < &*s && &*s <= b, "{a:?} {s:?} {b:?}");
+        }
+        assert_eq!(&*separator(b"apple", b"banana"), b"b");
+        assert_eq!(&*separator(b"ab", b"abc"), b"abc");
+    }
+
+    #[test]
+    fn varint_lengths() {
+        assert_eq!(varint_len(0), 1);
+        assert_eq!(varint_len(127), 1);
+        assert_eq!(varint_len(128), 2);
+        assert_eq!(varint_len(u64::MAX), 10);
+    }
+}
