@@ -233,6 +233,7 @@ pub(crate) fn decode_node(own: Ptr, data: &[u8]) -> Result<Node, CorruptError> {
         keys: Vec::with_capacity(n),
         vals: Vec::new(),
         children: Vec::new(),
+        bytes: 0,
     };
     if level == 0 {
         node.vals.reserve(n);
@@ -280,6 +281,7 @@ pub(crate) fn decode_node(own: Ptr, data: &[u8]) -> Result<Node, CorruptError> {
         }
     }
     d.finish("node trailing bytes")?;
+    node.recompute();
     Ok(node)
 }
 
@@ -524,6 +526,7 @@ mod tests {
                 value: Value::Inline(Bytes::copy_from(b"v")),
             });
         }
+        n.recompute();
         n
     }
 
@@ -544,7 +547,9 @@ mod tests {
                 Child::Stored(Ptr { seq: 3, slot: 1 }),
                 Child::Stored(Ptr { seq: 9, slot: 0 }),
             ],
+            bytes: 0,
         };
+        inner.recompute();
         let own = Ptr { seq: 9, slot: 1 };
         out.clear();
         encode_node(&inner, own, &mut out);

@@ -110,6 +110,9 @@ pub(crate) struct Node {
     pub(crate) keys: Vec<Bytes>,
     pub(crate) vals: Vec<LeafValue>,
     pub(crate) children: Vec<Child>,
+    /// The estimated encoded size, kept up to date by every mutation (see
+    /// [`Node::recompute`]): splits are decided on it, per operation.
+    pub(crate) bytes: usize,
 }
 
 /// Bytes of a LEB128 varint.
@@ -131,6 +134,7 @@ impl Node {
             keys: Vec::new(),
             vals: Vec::new(),
             children: Vec::new(),
+            bytes: NODE_OVERHEAD,
         }
     }
 
@@ -150,8 +154,18 @@ impl Node {
         varint_len(key.len() as u64) + key.len() + PTR_ESTIMATE
     }
 
-    /// Estimated encoded size.
+    /// Estimated encoded size (cached).
     pub(crate) fn size(&self) -> usize {
+        debug_assert_eq!(self.bytes, self.compute_size());
+        self.bytes
+    }
+
+    /// Recomputes the cached size after a structural change.
+    pub(crate) fn recompute(&mut self) {
+        self.bytes = self.compute_size();
+    }
+
+    fn compute_size(&self) -> usize {
         let body: usize = if self.is_leaf() {
             self.keys
                 .iter()

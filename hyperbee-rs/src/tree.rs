@@ -21,7 +21,7 @@ use std::sync::Arc;
 /// Split a leaf above this many encoded bytes.
 pub(crate) const LEAF_BYTES: usize = 4096;
 /// Split an internal node above this many encoded bytes.
-pub(crate) const BRANCH_BYTES: usize = 4096;
+pub(crate) const BRANCH_BYTES: usize = 2048;
 /// Blocks of a flush are filled up to about this many bytes.
 pub(crate) const TARGET_BLOCK: usize = 16 * 1024;
 
@@ -182,6 +182,7 @@ impl WorkTree {
         let path = self.descend(&key)?;
         let Some(&(leaf, _)) = path.last() else {
             let mut n = Node::leaf();
+            n.bytes += Node::leaf_entry_size(&key, &val);
             n.keys.push(key);
             n.vals.push(val);
             self.arena.push(n);
@@ -190,8 +191,13 @@ impl WorkTree {
         };
         let n = &mut self.arena[leaf];
         match n.search(&key) {
-            Ok(i) => n.vals[i] = val,
+            Ok(i) => {
+                n.bytes += Node::leaf_entry_size(&key, &val);
+                n.bytes -= Node::leaf_entry_size(&n.keys[i], &n.vals[i]);
+                n.vals[i] = val;
+            }
             Err(i) => {
+                n.bytes += Node::leaf_entry_size(&key, &val);
                 n.keys.insert(i, key);
                 n.vals.insert(i, val);
             }
@@ -231,6 +237,7 @@ impl WorkTree {
             may = pn.size() - biggest < cap(pn) / 4;
         }
         let n = &mut self.arena[leaf];
+        n.bytes -= Node::leaf_entry_size(&n.keys[i], &n.vals[i]);
         n.keys.remove(i);
         n.vals.remove(i);
         self.fix_up(&path);
@@ -275,6 +282,7 @@ impl WorkTree {
                     keys,
                     vals,
                     children: Vec::new(),
+                    bytes: 0,
                 },
             )
         } else {
@@ -300,11 +308,15 @@ impl WorkTree {
                     keys,
                     vals: Vec::new(),
                     children,
+                    bytes: 0,
                 },
             )
         };
-        self.arena.push(right.1);
-        Some((right.0, self.arena.len() - 1))
+        n.recompute();
+        let (sep, mut node) = right;
+        node.recompute();
+        self.arena.push(node);
+        Some((sep, self.arena.len() - 1))
     }
 
     /// Splits node `i` until every piece fits: the new pieces to its right.
@@ -341,6 +353,7 @@ impl WorkTree {
                             pn.keys.insert(pos + k, sep);
                             pn.children.insert(pos + 1 + k, Child::Dirty(j));
                         }
+                        pn.recompute();
                     }
                     None => {
                         let level = self.arena[i].level.saturating_add(1);
@@ -349,11 +362,13 @@ impl WorkTree {
                             keys: Vec::new(),
                             vals: Vec::new(),
                             children: vec![Child::Dirty(i)],
+                            bytes: 0,
                         };
                         for (sep, j) in pieces {
                             root.keys.push(sep);
                             root.children.push(Child::Dirty(j));
                         }
+                        root.recompute();
                         self.arena.push(root);
                         self.root = Some(Child::Dirty(self.arena.len() - 1));
                     }
@@ -391,6 +406,7 @@ impl WorkTree {
         }
         pn.children.remove(pos);
         pn.keys.remove(pos.saturating_sub(1).min(pn.keys.len() - 1));
+        pn.recompute();
     }
 
     /// Merges child `pos` of `p` with a sibling, or evens the two out.
@@ -415,18 +431,20 @@ impl WorkTree {
         left.keys.extend(right.keys);
         left.vals.extend(right.vals);
         left.children.extend(right.children);
+        left.recompute();
         let pieces = self.split_all(li);
         let pn = &mut self.arena[p];
         for (k, (sep, j)) in pieces.into_iter().enumerate() {
             pn.keys.insert(l + k, sep);
             pn.children.insert(l + 1 + k, Child::Dirty(j));
         }
+        pn.recompute();
         Ok(())
     }
 
     /// Lays out the batch: `ops` first, then every dirty node children
     /// first. Block `k` of the result will be block `base + k` of the core.
-    pub(crate) fn finish(self, base: u64, ops: &[PendingOp]) -> Flush {
+    pub(crate) fn finish(mut self, base: u64, ops: &[PendingOp]) -> Flush {
         let mut done: Vec<BlockBuilder> = Vec::new();
         let mut cur = BlockBuilder::default();
         let make_room = |done: &mut Vec<BlockBuilder>, cur: &mut BlockBuilder, size: usize| {
@@ -466,7 +484,7 @@ impl WorkTree {
                         continue;
                     }
                     stack.pop();
-                    let mut out = node.clone();
+                    let mut out = std::mem::replace(&mut self.arena[i], Node::leaf());
                     for c in out.children.iter_mut() {
                         if let Child::Dirty(j) = *c {
                             // Children come first in this order, so the pointer is set.
@@ -483,6 +501,7 @@ impl WorkTree {
                             };
                         }
                     }
+                    out.recompute();
                     make_room(&mut done, &mut cur, out.size());
                     let own = Ptr {
                         seq: base + done.len() as u64,
