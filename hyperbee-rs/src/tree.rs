@@ -19,9 +19,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Split a leaf above this many encoded bytes.
-pub(crate) const LEAF_BYTES: usize = 4096;
+pub(crate) const LEAF_BYTES: usize = 2048;
 /// Split an internal node above this many encoded bytes.
-pub(crate) const BRANCH_BYTES: usize = 2048;
+pub(crate) const BRANCH_BYTES: usize = 1024;
 /// Blocks of a flush are filled up to about this many bytes.
 pub(crate) const TARGET_BLOCK: usize = 16 * 1024;
 
@@ -507,10 +507,10 @@ impl WorkTree {
                         seq: base + done.len() as u64,
                         slot: cur.nodes.len() as u32,
                     };
-                    tmp.clear();
-                    encode_node(&out, own, &mut tmp);
-                    cur.size += tmp.len() + 3;
-                    cur.nodes.push(tmp.clone());
+                    let mut buf = Vec::with_capacity(out.size() + 8);
+                    encode_node(&out, own, &mut buf);
+                    cur.size += buf.len() + 3;
+                    cur.nodes.push(buf);
                     final_ptr[i] = Some(own);
                     written.push((own, Arc::new(out)));
                 }
