@@ -6,6 +6,7 @@
 //! Honours the same count overrides as the JS suite (N_BLOCKS, BLOCK_SIZE, BATCH, ...).
 
 use ehr_benches::{blocks, env_usize, error_line, rate_line};
+use hyperbee_rs::{Bee, Range};
 use hypercore_rs::{Core, DiskStorage, Storage};
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,7 +23,7 @@ fn main() {
         let result = match g {
             "hypercore" => futures::executor::block_on(hypercore()),
             "replication" => Err("replication.error: replication is not built yet".to_string()),
-            "hyperbee" => Err("hyperbee.error: hyperbee-rs is not built yet".to_string()),
+            "hyperbee" => futures::executor::block_on(hyperbee()),
             "autobase" => Err("autobase.error: autobase-rs is not built yet".to_string()),
             other => Err(format!("{other}.error: unknown group")),
         };
@@ -112,6 +113,109 @@ async fn hypercore() -> Result<(), String> {
     println!(
         "{}",
         rate_line("hypercore.get.seq", n as u64, bytes, secs, &block_size)
+    );
+    Ok(())
+}
+
+/// A small deterministic generator for the random picks of get.random.
+fn pick(state: &mut u64, n: usize) -> usize {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    (*state % n as u64) as usize
+}
+
+async fn hyperbee() -> Result<(), String> {
+    let fail = |e: hyperbee_rs::Error| format!("hyperbee.error: {e}");
+    let n = env_usize("BEE_KEYS", 100_000).max(1);
+    let gets = env_usize("BEE_GETS", 10_000);
+    let keys = blocks(n, 16, 2);
+    let values = blocks(n, 100, 3);
+    let bytes = (n * (16 + 100)) as u64;
+    let root = tempfile::tempdir().map_err(|e| format!("hyperbee.error: {e}"))?;
+    let open = |name: &str| {
+        let dir = root.path().join(name);
+        async move {
+            let core = open_core(&dir)
+                .await
+                .map_err(|e| format!("hyperbee.error: {e}"))?;
+            Bee::open(core).await.map_err(fail)
+        }
+    };
+
+    // (4a) one put per key, fresh on-disk bee.
+    let single = open("bee-single").await?;
+    let t0 = Instant::now();
+    for (k, v) in keys.iter().zip(&values) {
+        single.put(k, v).await.map_err(fail)?;
+    }
+    println!(
+        "{}",
+        rate_line(
+            "hyperbee.put.single",
+            n as u64,
+            bytes,
+            t0.elapsed().as_secs_f64(),
+            &[]
+        )
+    );
+    drop(single);
+
+    // (4b) every key in one atomic batch, flushed once.
+    let bee = open("bee-batch").await?;
+    let t0 = Instant::now();
+    let mut batch = bee.batch().await.map_err(fail)?;
+    for (k, v) in keys.iter().zip(&values) {
+        batch.put(k, v).await.map_err(fail)?;
+    }
+    batch.flush().await.map_err(fail)?;
+    println!(
+        "{}",
+        rate_line(
+            "hyperbee.put.batch",
+            n as u64,
+            bytes,
+            t0.elapsed().as_secs_f64(),
+            &[("batches", "1".into())]
+        )
+    );
+
+    // (4c) random point gets of existing keys on the batch-built tree.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let picks: Vec<&Vec<u8>> = (0..gets).map(|_| &keys[pick(&mut state, n)]).collect();
+    let t0 = Instant::now();
+    for k in &picks {
+        if bee.get(k).await.map_err(fail)?.is_none() {
+            return Err("hyperbee.error: missing key in get".into());
+        }
+    }
+    println!(
+        "{}",
+        rate_line(
+            "hyperbee.get.random",
+            gets as u64,
+            0,
+            t0.elapsed().as_secs_f64(),
+            &[]
+        )
+    );
+
+    // (4d) full ordered scan.
+    let t0 = Instant::now();
+    let mut it = bee.range(Range::all());
+    let mut count = 0u64;
+    while it.next().await.map_err(fail)?.is_some() {
+        count += 1;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    if count != n as u64 {
+        return Err(format!(
+            "hyperbee.error: scan saw {count} entries, expected {n}"
+        ));
+    }
+    println!(
+        "{}",
+        rate_line("hyperbee.scan.full", count, bytes, secs, &[])
     );
     Ok(())
 }
