@@ -41,7 +41,7 @@ fn step() -> impl Strategy<Value = Step> {
 
 /// Follows the writer through proofs only; skips blocks the writer cleared.
 async fn follow(writer: &Core, reader: &Core) {
-    let req = ProofRequest {
+    let mut req = ProofRequest {
         fork: reader.fork(),
         upgrade: Some(UpgradeRequest {
             start: reader.length(),
@@ -51,7 +51,20 @@ async fn follow(writer: &Core, reader: &Core) {
     };
     let proof = writer.proof(&req).await.unwrap();
     if proof.upgrade.is_some() || proof.manifest.is_some() {
-        reader.verify(&proof).await.unwrap();
+        match reader.verify(&proof).await {
+            // The reader skipped blocks the writer cleared, so it may lack its
+            // own nodes at the exact fork point: ask from a root boundary.
+            Err(Error::Proof(hypercore_rs::ProofError::MissingAnchor)) => {
+                req.round_fork_point = true;
+                reader
+                    .verify(&writer.proof(&req).await.unwrap())
+                    .await
+                    .unwrap();
+            }
+            other => {
+                other.unwrap();
+            }
+        }
     }
     for i in 0..reader.length() {
         if reader.get(i).await.unwrap().is_some() {

@@ -7,7 +7,8 @@
 
 use ehr_benches::{blocks, env_usize, error_line, rate_line};
 use hyperbee_rs::{Bee, Range};
-use hypercore_rs::{Core, DiskStorage, Storage};
+use hypercore_rs::replication::{self, ReplicateOptions};
+use hypercore_rs::{Core, Corestore, DiskStorage, Storage};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,7 +23,7 @@ fn main() {
         let t0 = Instant::now();
         let result = match g {
             "hypercore" => futures::executor::block_on(hypercore()),
-            "replication" => Err("replication.error: replication is not built yet".to_string()),
+            "replication" => replication(),
             "hyperbee" => futures::executor::block_on(hyperbee()),
             "autobase" => Err("autobase.error: autobase-rs is not built yet".to_string()),
             other => Err(format!("{other}.error: unknown group")),
@@ -33,6 +34,82 @@ fn main() {
         }
         eprintln!("[rust] {g} done in {:.1} s", t0.elapsed().as_secs_f64());
     }
+}
+
+/// replication.download: a 102,400 x 1 KiB core written beforehand on one
+/// on-disk corestore; timed from connecting a second on-disk corestore over an
+/// in-memory duplex until it holds every block, verified. Each side runs on
+/// its own thread, as two peers would.
+fn replication() -> Result<(), String> {
+    let fail = |e: &dyn std::fmt::Display| format!("replication.error: {e}");
+    let n = env_usize("REPL_BLOCKS", 102_400) as u64;
+    let size = env_usize("BLOCK_SIZE", 1024);
+    let root = tempfile::tempdir().map_err(|e| fail(&e))?;
+    let open_store = |name: &str| -> Result<Corestore, String> {
+        let storage: Arc<dyn Storage> =
+            Arc::new(DiskStorage::open(root.path().join(name)).map_err(|e| fail(&e))?);
+        futures::executor::block_on(Corestore::open(storage)).map_err(|e| fail(&e))
+    };
+    let a = open_store("writer")?;
+    let b = open_store("reader")?;
+    let (writer, bytes) = futures::executor::block_on(async {
+        let w = a.get("repl").await.map_err(|e| fail(&e))?;
+        let data = blocks(n as usize, size, 3);
+        for chunk in data.chunks(1000) {
+            w.append_batch(chunk).await.map_err(|e| fail(&e))?;
+        }
+        w.flush().await.map_err(|e| fail(&e))?;
+        Ok::<_, String>((w.clone(), w.byte_length()))
+    })?;
+    let reader = futures::executor::block_on(b.get_by_key(writer.key())).map_err(|e| fail(&e))?;
+
+    let t0 = Instant::now();
+    let (x, y) = replication::duplex();
+    let a2 = a.clone();
+    let serve = std::thread::spawn(move || {
+        futures::executor::block_on(a2.replicate(x, ReplicateOptions::new(true)))
+    });
+    let r = reader.clone();
+    let fetch = std::thread::spawn(move || {
+        futures::executor::block_on(async {
+            let session = b.replicate(y, ReplicateOptions::new(false));
+            let work = async {
+                r.update().await?;
+                r.download(0, n).done().await
+            };
+            futures::pin_mut!(session);
+            futures::pin_mut!(work);
+            match futures::future::select(session, work).await {
+                futures::future::Either::Left((res, _)) => Err(format!("session ended: {res:?}")),
+                futures::future::Either::Right((res, _)) => res.map_err(|e| e.to_string()),
+            }
+        })
+    });
+    fetch
+        .join()
+        .map_err(|_| fail(&"reader thread panicked"))?
+        .map_err(|e| fail(&e))?;
+    let secs = t0.elapsed().as_secs_f64();
+    // Dropping the reader's end closes the writer's session.
+    let _ = serve.join();
+    if reader.length() != n || reader.contiguous_length() != n {
+        return Err(fail(&format!(
+            "reader {}/{} != writer {n}",
+            reader.length(),
+            reader.contiguous_length()
+        )));
+    }
+    println!(
+        "{}",
+        rate_line(
+            "replication.download",
+            n,
+            bytes,
+            secs,
+            &[("block_size", size.to_string())]
+        )
+    );
+    Ok(())
 }
 
 async fn open_core(dir: &std::path::Path) -> Result<Core, String> {
