@@ -88,19 +88,23 @@ impl Future for Sleep {
         }
         let t = timer();
         let mut st = t.state.lock().unwrap_or_else(|p| p.into_inner());
-        let id = match self.id {
-            Some(id) => id,
+        let (id, earliest) = match self.id {
+            Some(id) => (id, false),
             None => {
                 let id = st.next;
                 st.next += 1;
+                // The timer thread only needs waking if this is its new earliest deadline.
+                let earliest = st.heap.peek().is_none_or(|Reverse((at, _))| self.at < *at);
                 st.heap.push(Reverse((self.at, id)));
                 self.id = Some(id);
-                id
+                (id, earliest)
             }
         };
         st.wakers.insert(id, cx.waker().clone());
         drop(st);
-        t.cv.notify_one();
+        if earliest {
+            t.cv.notify_one();
+        }
         Poll::Pending
     }
 }

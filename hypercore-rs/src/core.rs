@@ -1123,28 +1123,47 @@ impl Core {
     /// What a reader should ask for to get block `index` verified, given what
     /// it already holds: the number of missing sibling nodes is computed here.
     pub async fn block_request(&self, index: u64) -> Result<crate::proof::BlockRequest> {
+        self.block_request_assuming(index, &|_| false).await
+    }
+
+    /// Like [`Core::block_request`], but treats the nodes for which `assume`
+    /// holds as already verified: use it when earlier requests to the same
+    /// peer, answered first, will prove them (their proofs then stay tiny).
+    /// If such an answer never comes, verification fails with
+    /// [`ProofError::Unanchored`] and the block can be asked for again.
+    pub async fn block_request_assuming(
+        &self,
+        index: u64,
+        assume: &(dyn Fn(u64) -> bool + Sync),
+    ) -> Result<crate::proof::BlockRequest> {
         let length = self.length();
         let nodes = if index < length {
-            self.missing_nodes(index * 2, length).await?
+            self.missing_nodes(index * 2, length, assume).await?
         } else {
             0
         };
         Ok(crate::proof::BlockRequest { index, nodes })
     }
 
-    async fn missing_nodes(&self, mut index: u64, length: u64) -> Result<u64> {
+    async fn missing_nodes(
+        &self,
+        mut index: u64,
+        length: u64,
+        assume: &(dyn Fn(u64) -> bool + Sync),
+    ) -> Result<u64> {
         let mut n = 0;
         loop {
             if flat::is_root(index, length) {
                 return Ok(n);
             }
             if n > 0
-                && self
-                    .inner
-                    .storage
-                    .node(&self.inner.id, index)
-                    .await?
-                    .is_some()
+                && (assume(index)
+                    || self
+                        .inner
+                        .storage
+                        .node(&self.inner.id, index)
+                        .await?
+                        .is_some())
             {
                 return Ok(n);
             }
@@ -1558,7 +1577,7 @@ impl Core {
         match trusted {
             Some(t) if t == top => Ok(()),
             Some(_) => Err(ProofError::Mismatch.into()),
-            None => Err(ProofError::Malformed("proof does not reach a verified node").into()),
+            None => Err(ProofError::Unanchored.into()),
         }
     }
 }

@@ -58,6 +58,10 @@ pub enum ProofError {
     /// The signature over the upgraded tree is invalid.
     #[error("invalid signature")]
     BadSignature,
+    /// The proof ends at a node the verifier does not hold (yet): the request
+    /// assumed an anchor that an earlier answer was to provide. Ask again.
+    #[error("the proof does not reach a node the verifier holds")]
+    Unanchored,
     /// The upgrade starts at a length for which the verifier does not hold its
     /// own roots (a sparse reader after a fork); ask again with
     /// `ProofRequest::round_fork_point`.

@@ -74,6 +74,7 @@ pub struct BlockProof {
     /// The block index.
     pub index: u64,
     /// The block as stored (ciphertext for encrypted cores).
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// Siblings, bottom up.
     pub nodes: Vec<Node>,

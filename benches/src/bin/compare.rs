@@ -38,8 +38,9 @@ fn main() {
 
 /// replication.download: a 102,400 x 1 KiB core written beforehand on one
 /// on-disk corestore; timed from connecting a second on-disk corestore over an
-/// in-memory duplex until it holds every block, verified. Each side runs on
-/// its own thread, as two peers would.
+/// in-memory duplex until it holds every block, verified. Both sides run on
+/// one thread, as the JS suite's two stores share one event loop;
+/// `REPL_THREADS=2` gives each side its own thread instead.
 fn replication() -> Result<(), String> {
     let fail = |e: &dyn std::fmt::Display| format!("replication.error: {e}");
     let n = env_usize("REPL_BLOCKS", 102_400) as u64;
@@ -64,6 +65,44 @@ fn replication() -> Result<(), String> {
     let reader = futures::executor::block_on(b.get_by_key(writer.key())).map_err(|e| fail(&e))?;
 
     let t0 = Instant::now();
+    if std::env::var("REPL_THREADS").as_deref() != Ok("2") {
+        let (x, y) = replication::duplex();
+        let res: Result<(), String> = futures::executor::block_on(async {
+            let sa = a.replicate(x, ReplicateOptions::new(true));
+            let sb = b.replicate(y, ReplicateOptions::new(false));
+            let work = async {
+                reader.update().await?;
+                reader.download(0, n).done().await
+            };
+            let sessions = futures::future::join(sa, sb);
+            futures::pin_mut!(sessions);
+            futures::pin_mut!(work);
+            match futures::future::select(sessions, work).await {
+                futures::future::Either::Left(_) => Err("sessions ended".to_string()),
+                futures::future::Either::Right((r, _)) => r.map_err(|e| e.to_string()),
+            }
+        });
+        res.map_err(|e| fail(&e))?;
+        let secs = t0.elapsed().as_secs_f64();
+        if reader.length() != n || reader.contiguous_length() != n {
+            return Err(fail(&format!(
+                "reader {}/{} != writer {n}",
+                reader.length(),
+                reader.contiguous_length()
+            )));
+        }
+        println!(
+            "{}",
+            rate_line(
+                "replication.download",
+                n,
+                bytes,
+                secs,
+                &[("block_size", size.to_string()), ("threads", "1".into())]
+            )
+        );
+        return Ok(());
+    }
     let (x, y) = replication::duplex();
     let a2 = a.clone();
     let serve = std::thread::spawn(move || {

@@ -102,6 +102,32 @@ struct Attached {
     core: Core,
     peer: u64,
     inflight: usize,
+    /// Nodes that in-flight block requests to this peer will prove (with
+    /// counts): later requests anchor on them, which keeps proofs tiny
+    /// because this peer answers in order and answers are verified in order.
+    virtual_nodes: HashMap<u64, u32>,
+    request_nodes: HashMap<u64, Vec<u64>>,
+    /// Answers that did not reach an anchor (allowed, within reason).
+    strikes: u32,
+}
+
+/// How many unanchored answers a peer may give before it is dropped.
+const MAX_STRIKES: u32 = 10_000;
+/// How many queued frames are handled before scheduling and announcing again.
+const DRAIN: usize = 256;
+
+/// The nodes a block proof with `nodes` siblings proves (leaf, siblings, parents).
+fn path_nodes(block: u64, nodes: u64, length: u64) -> Vec<u64> {
+    let mut cur = block.saturating_mul(2);
+    let mut out = vec![cur];
+    let mut k = 0;
+    while !crate::flat::is_root(cur, length) && (nodes == 0 || k < nodes) && k < 64 {
+        out.push(crate::flat::sibling(cur));
+        cur = crate::flat::parent(cur);
+        out.push(cur);
+        k += 1;
+    }
+    out
 }
 
 struct Session {
@@ -158,6 +184,8 @@ where
     let mut new_cores = provider.subscribe();
     let clock = options.clock.clone();
     let logic = async move {
+        // One timer for request timeouts, renewed when it fires.
+        let mut tick = clock.sleep(Duration::from_secs(1)).fuse();
         let result: Result<(), ReplicationError> = async {
             loop {
                 for ch in s.attached.keys().copied().collect::<Vec<_>>() {
@@ -168,8 +196,6 @@ where
                         return Ok(());
                     }
                 }
-                let tick = clock.sleep(Duration::from_secs(1)).fuse();
-                futures::pin_mut!(tick);
                 let next_core = async {
                     match new_cores.as_mut() {
                         Some(rx) => rx.next().await,
@@ -183,9 +209,15 @@ where
                         None => return Ok(()),
                         Some(Err(e)) => return Err(ReplicationError::Io(e)),
                         Some(Ok(f)) => {
-                            let msg = wire::decode(&f).map_err(ProtocolError::from)?;
-                            for ev in s.conn.handle(msg)? {
-                                s.on_event(ev).await?;
+                            s.on_frame(&f).await?;
+                            // Handle what is already queued before scheduling and
+                            // announcing again, so those coalesce.
+                            for _ in 0..DRAIN {
+                                match stream.next().now_or_never() {
+                                    Some(Some(Ok(f))) => s.on_frame(&f).await?,
+                                    Some(Some(Err(e))) => return Err(ReplicationError::Io(e)),
+                                    Some(None) | None => break,
+                                }
                             }
                         }
                     },
@@ -201,6 +233,7 @@ where
                         }
                     },
                     _ = tick => {
+                        tick = clock.sleep(Duration::from_secs(1)).fuse();
                         let now = clock.now();
                         if s.request_times.iter().any(|(_, t)| now.saturating_sub(*t) > options.request_timeout) {
                             return Err(ProtocolError::Timeout.into());
@@ -225,6 +258,14 @@ where
 }
 
 impl Session {
+    async fn on_frame(&mut self, frame: &[u8]) -> Result<(), ReplicationError> {
+        let msg = wire::decode(frame).map_err(ProtocolError::from)?;
+        for ev in self.conn.handle(msg)? {
+            self.on_event(ev).await?;
+        }
+        Ok(())
+    }
+
     fn sched(&self, ch: u32) -> Option<(&Core, u64)> {
         self.attached.get(&ch).map(|a| (&a.core, a.peer))
     }
@@ -242,6 +283,9 @@ impl Session {
                 core: core.clone(),
                 peer,
                 inflight: 0,
+                virtual_nodes: HashMap::new(),
+                request_nodes: HashMap::new(),
+                strikes: 0,
             },
         );
         self.stop_connecting(ch);
@@ -338,15 +382,29 @@ impl Session {
                 s.release(b);
                 continue;
             }
+            let block = match self.attached.get(&ch) {
+                Some(a) => {
+                    let virt = &a.virtual_nodes;
+                    core.block_request_assuming(b, &|i| virt.contains_key(&i))
+                        .await?
+                }
+                None => break,
+            };
+            let nodes = block.nodes;
             let req = ProofRequest {
                 fork,
-                block: Some(core.block_request(b).await?),
+                block: Some(block),
                 ..Default::default()
             };
             if self.conn.request(ch, req, Pending::Block(b)).is_some() {
                 self.request_times.push((ch, now));
                 if let Some(a) = self.attached.get_mut(&ch) {
                     a.inflight += 1;
+                    let path = path_nodes(b, nodes, length);
+                    for &n in &path {
+                        *a.virtual_nodes.entry(n).or_insert(0) += 1;
+                    }
+                    a.request_nodes.insert(b, path);
                 }
             } else {
                 core.scheduler().release(b);
@@ -354,6 +412,21 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// A block request to this channel's peer is over (answered or not).
+    fn block_done(&mut self, ch: u32, block: u64) {
+        if let Some(a) = self.attached.get_mut(&ch) {
+            a.inflight = a.inflight.saturating_sub(1);
+            for n in a.request_nodes.remove(&block).unwrap_or_default() {
+                if let Some(c) = a.virtual_nodes.get_mut(&n) {
+                    *c -= 1;
+                    if *c == 0 {
+                        a.virtual_nodes.remove(&n);
+                    }
+                }
+            }
+        }
     }
 
     fn answered(&mut self, ch: u32) {
@@ -468,12 +541,21 @@ impl Session {
                         Pending::Probe(round) => s.probe_done(peer, round),
                     }
                 }
-                if let Pending::Block(_) = pending {
-                    if let Some(a) = self.attached.get_mut(&channel) {
-                        a.inflight = a.inflight.saturating_sub(1);
-                    }
+                if let Pending::Block(b) = pending {
+                    self.block_done(channel, b);
                 }
                 match result {
+                    Err(Error::Proof(ProofError::Unanchored)) => {
+                        // An earlier answer we anchored on did not come: ask again.
+                        if let Some(a) = self.attached.get_mut(&channel) {
+                            a.strikes += 1;
+                            if a.strikes > MAX_STRIKES {
+                                return Err(
+                                    ProtocolError::InvalidProof(ProofError::Unanchored).into()
+                                );
+                            }
+                        }
+                    }
                     Ok(_)
                     | Err(Error::Proof(ProofError::MissingAnchor | ProofError::Stale(_)))
                     | Err(Error::WriterUpgrade) => {}
@@ -490,9 +572,7 @@ impl Session {
                             s.release(b);
                             s.on_have(peer, true, &[(b, 1)]);
                             drop(s);
-                            if let Some(a) = self.attached.get_mut(&channel) {
-                                a.inflight = a.inflight.saturating_sub(1);
-                            }
+                            self.block_done(channel, b);
                         }
                         Pending::Upgrade => s.upgrade_done(peer),
                         Pending::Probe(round) => s.probe_done(peer, round),

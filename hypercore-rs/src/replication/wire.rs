@@ -125,6 +125,7 @@ pub enum Message {
         /// Extension name.
         name: String,
         /// Payload.
+        #[serde(with = "serde_bytes")]
         message: Vec<u8>,
     },
 }

@@ -100,7 +100,9 @@ struct Loc {
 enum WalOp {
     PutValue {
         core: CoreId,
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     DelValue {
@@ -167,6 +169,9 @@ struct CoreFiles {
     data_end: u64,
     data_dirty: bool,
     created: bool,
+    /// Files known not to exist (only this engine creates them), so lookups
+    /// of absent nodes or blocks cost no `stat`.
+    absent: HashSet<&'static str>,
     // Overlay of changes since the last checkpoint.
     nodes: FastMap<u64, Option<Node>>,
     locs: FastMap<u64, Option<Loc>>,
@@ -196,17 +201,22 @@ impl CoreFiles {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn file<'a>(
         slot: &'a mut Option<Box<dyn VfsFile>>,
         vfs: &dyn Vfs,
         path: String,
         create: bool,
         created: &mut bool,
+        absent: &mut HashSet<&'static str>,
+        name: &'static str,
     ) -> Result<Option<&'a dyn VfsFile>, StorageError> {
         if slot.is_none() {
-            if !create && !vfs.exists(&path) {
+            if !create && (absent.contains(name) || !vfs.exists(&path)) {
+                absent.insert(name);
                 return Ok(None);
             }
+            absent.remove(name);
             if create && !vfs.exists(&path) {
                 *created = true;
             }
@@ -224,7 +234,15 @@ impl CoreFiles {
         create: bool,
     ) -> Result<Option<&dyn VfsFile>, StorageError> {
         let p = format!("{}/data", self.dir);
-        Self::file(&mut self.data, vfs, p, create, &mut self.created)
+        Self::file(
+            &mut self.data,
+            vfs,
+            p,
+            create,
+            &mut self.created,
+            &mut self.absent,
+            "data",
+        )
     }
     fn tree_file(
         &mut self,
@@ -232,7 +250,15 @@ impl CoreFiles {
         create: bool,
     ) -> Result<Option<&dyn VfsFile>, StorageError> {
         let p = format!("{}/tree", self.dir);
-        Self::file(&mut self.tree, vfs, p, create, &mut self.created)
+        Self::file(
+            &mut self.tree,
+            vfs,
+            p,
+            create,
+            &mut self.created,
+            &mut self.absent,
+            "tree",
+        )
     }
     fn index_file(
         &mut self,
@@ -240,7 +266,15 @@ impl CoreFiles {
         create: bool,
     ) -> Result<Option<&dyn VfsFile>, StorageError> {
         let p = format!("{}/index", self.dir);
-        Self::file(&mut self.index, vfs, p, create, &mut self.created)
+        Self::file(
+            &mut self.index,
+            vfs,
+            p,
+            create,
+            &mut self.created,
+            &mut self.absent,
+            "index",
+        )
     }
 
     fn node(&mut self, vfs: &dyn Vfs, index: u64) -> Result<Option<Node>, StorageError> {
