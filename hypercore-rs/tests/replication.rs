@@ -559,3 +559,79 @@ fn a_peer_without_the_key_learns_nothing() {
         );
     });
 }
+
+#[test]
+fn a_silent_peer_times_out() {
+    block_on(async {
+        let w = writer(10, 10).await;
+        let victim = reader(&w).await;
+        let (x, y) = duplex();
+        let clock = hypercore_rs::ManualClock::new();
+        let mut o = opts(false);
+        o.clock = Arc::new(clock.clone());
+        // A peer that opens the core, claims to have everything, then never answers.
+        let silent = async move {
+            let (mut tx, mut rx) = x.split();
+            let mut conn = Connection::new(true, None, [3; 32]);
+            conn.open(w.discovery_key(), w.key()).unwrap();
+            loop {
+                while let Some(m) = conn.poll_send() {
+                    let _ = tx.send(wire::encode(&m)).await;
+                }
+                let Some(Ok(f)) = rx.next().await else { return };
+                for ev in conn.handle(wire::decode(&f).unwrap()).unwrap() {
+                    if let ConnEvent::Opened { channel } = ev {
+                        conn.send(channel, |c| wire::Message::Sync {
+                            channel: c,
+                            fork: 0,
+                            length: 10,
+                        });
+                        conn.send(channel, |c| wire::Message::Have {
+                            channel: c,
+                            drop: false,
+                            ranges: vec![(0, 10)],
+                        });
+                    }
+                }
+            }
+        };
+        let v = victim.clone();
+        let session = async move { v.replicate(y, o).await };
+        let ticker = async {
+            for _ in 0..100 {
+                // Let the session run, then move virtual time forward.
+                for _ in 0..20 {
+                    yield_now().await;
+                }
+                clock.advance(Duration::from_secs(1));
+            }
+        };
+        let _want = victim.download(0, 10);
+        futures::pin_mut!(session);
+        let silent = silent.boxed();
+        let res = match select(session, futures::future::join(silent, ticker).boxed()).await {
+            Either::Left((r, _)) => r,
+            Either::Right(_) => panic!("the silent peer was never dropped"),
+        };
+        assert!(
+            matches!(res, Err(ReplicationError::Protocol(ProtocolError::Timeout))),
+            "{res:?}"
+        );
+        assert_eq!(victim.contiguous_length(), 0);
+    });
+}
+
+/// Yields to the executor once, waking itself so it is polled again.
+async fn yield_now() {
+    let mut yielded = false;
+    futures::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
