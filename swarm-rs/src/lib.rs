@@ -40,6 +40,7 @@
 
 pub mod clock;
 pub mod discovery;
+pub mod driver;
 pub mod entropy;
 pub mod identity;
 pub mod mux;
@@ -50,6 +51,10 @@ pub mod transport;
 
 pub use clock::{Clock, SystemClock};
 pub use discovery::{Discovery, DiscoveryError, MemoryDiscovery};
+pub use driver::{
+    Connections, DriverConfig, DriverStopped, PeerConnection, SwarmBuilder, SwarmDriver,
+    SwarmHandle,
+};
 pub use entropy::{EntropyError, EntropySource, OsEntropy, SeededEntropy};
 pub use identity::{IdentityError, KeyPair, PublicKey};
 pub use mux::{ChannelId, Mux, MuxConfig, MuxError, MuxEvent};
