@@ -50,7 +50,7 @@ pub mod swarm;
 pub mod transport;
 
 pub use clock::{Clock, SystemClock};
-pub use discovery::{Discovery, DiscoveryError, MemoryDiscovery};
+pub use discovery::{DirDiscovery, Discovery, DiscoveryError, MemoryDiscovery};
 pub use driver::{
     Connections, DriverConfig, DriverStopped, PeerConnection, SwarmBuilder, SwarmDriver,
     SwarmHandle,
