@@ -65,6 +65,6 @@ pub use swarm::{
     Topic,
 };
 pub use transport::{
-    duplex, Listener, MemoryAddr, MemoryNetwork, MemoryTransport, PipeStream, TcpTransport,
-    Transport,
+    duplex, DialFaults, Listener, MemoryAddr, MemoryNetwork, MemoryTransport, PipeStream,
+    TcpTransport, Transport,
 };

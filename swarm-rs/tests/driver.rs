@@ -12,9 +12,9 @@ use futures::executor::LocalPool;
 use futures::task::LocalSpawnExt;
 use futures::{SinkExt, StreamExt};
 use swarm_rs::{
-    DriverConfig, HandshakeHash, JoinMode, KeyPair, MemoryAddr, MemoryDiscovery, MemoryNetwork,
-    MemoryTransport, PeerConnection, PipeStream, PublicKey, SeededEntropy, SwarmBuilder,
-    SwarmConfig, SwarmHandle, Topic,
+    DialFaults, DriverConfig, HandshakeHash, JoinMode, KeyPair, MemoryAddr, MemoryDiscovery,
+    MemoryNetwork, MemoryTransport, PeerConnection, PipeStream, PublicKey, SeededEntropy,
+    SwarmBuilder, SwarmConfig, SwarmHandle, SystemClock, Topic,
 };
 
 /// Upper bound for any condition to become true.
@@ -71,13 +71,12 @@ async fn hold(mut conn: PeerConnection<PipeStream>, live: Live) {
 
 fn spawn_node(
     pool: &mut LocalPool,
-    net: &MemoryNetwork,
+    transport: MemoryTransport,
     discovery: &MemoryDiscovery<MemoryAddr>,
     seed: u8,
     firewall: Option<PublicKey>,
 ) -> Node {
     let spawner = pool.spawner();
-    let transport = net.transport();
     let mut builder = SwarmBuilder::new(KeyPair::from_seed([seed; 32]))
         .config(fast_config())
         .entropy(Box::new(SeededEntropy::from_u64(u64::from(seed))));
@@ -157,7 +156,7 @@ fn every_pair_of_peers_ends_with_exactly_one_connection() {
     let net = MemoryNetwork::new();
     let discovery = MemoryDiscovery::new();
     let nodes: Vec<Node> = (1..=5)
-        .map(|seed| spawn_node(&mut pool, &net, &discovery, seed, None))
+        .map(|seed| spawn_node(&mut pool, net.transport(), &discovery, seed, None))
         .collect();
     let topic = Topic::from_name("ward-7");
     for node in &nodes {
@@ -179,9 +178,9 @@ fn the_firewall_is_consulted_before_a_connection_is_handed_out() {
     let net = MemoryNetwork::new();
     let discovery = MemoryDiscovery::new();
     let refused = KeyPair::from_seed([3; 32]).public_key();
-    let guarded = spawn_node(&mut pool, &net, &discovery, 1, Some(refused));
-    let friend = spawn_node(&mut pool, &net, &discovery, 2, None);
-    let stranger = spawn_node(&mut pool, &net, &discovery, 3, None);
+    let guarded = spawn_node(&mut pool, net.transport(), &discovery, 1, Some(refused));
+    let friend = spawn_node(&mut pool, net.transport(), &discovery, 2, None);
+    let stranger = spawn_node(&mut pool, net.transport(), &discovery, 3, None);
     assert_eq!(stranger.key(), refused);
     let topic = Topic::from_name("clinic");
     for node in [&guarded, &friend, &stranger] {
@@ -208,7 +207,7 @@ fn leaving_a_topic_stops_announcing_it() {
     let mut pool = LocalPool::new();
     let net = MemoryNetwork::new();
     let discovery = MemoryDiscovery::new();
-    let server = spawn_node(&mut pool, &net, &discovery, 1, None);
+    let server = spawn_node(&mut pool, net.transport(), &discovery, 1, None);
     let topic = Topic::from_name("records");
     let server_only = JoinMode {
         server: true,
@@ -227,7 +226,7 @@ fn leaving_a_topic_stops_announcing_it() {
         assert!(discovery.keys().is_empty());
     });
     // A client arriving later finds nobody.
-    let client = spawn_node(&mut pool, &net, &discovery, 2, None);
+    let client = spawn_node(&mut pool, net.transport(), &discovery, 2, None);
     client.handle.join(&topic, JoinMode::BOTH).unwrap();
     pool.run_until(async {
         sleep(Duration::from_millis(300)).await;
@@ -241,7 +240,7 @@ fn dropping_every_handle_stops_the_driver_and_withdraws_announcements() {
     let mut pool = LocalPool::new();
     let net = MemoryNetwork::new();
     let discovery = MemoryDiscovery::new();
-    let node = spawn_node(&mut pool, &net, &discovery, 1, None);
+    let node = spawn_node(&mut pool, net.transport(), &discovery, 1, None);
     node.handle
         .join(&Topic::from_name("t"), JoinMode::BOTH)
         .unwrap();
@@ -263,7 +262,7 @@ fn a_partition_heals_and_peers_reconnect() {
     let net = MemoryNetwork::new();
     let discovery = MemoryDiscovery::new();
     let nodes: Vec<Node> = (1..=3)
-        .map(|seed| spawn_node(&mut pool, &net, &discovery, seed, None))
+        .map(|seed| spawn_node(&mut pool, net.transport(), &discovery, seed, None))
         .collect();
     let topic = Topic::from_name("ward-7");
     for node in &nodes {
@@ -288,5 +287,32 @@ fn a_partition_heals_and_peers_reconnect() {
         net.heal(a.transport.host(), b.transport.host());
         eventually("a full mesh again", || fully_meshed(&nodes)).await;
         assert_ne!(a.live()[&b.key()], before, "a new connection");
+    });
+}
+
+#[test]
+fn the_mesh_forms_despite_slow_and_lost_dials() {
+    let mut pool = LocalPool::new();
+    let net = MemoryNetwork::new();
+    let discovery = MemoryDiscovery::new();
+    let nodes: Vec<Node> = (1..=4)
+        .map(|seed| {
+            // 5 ms per dial, and 40 % of the dials lost.
+            let faults = DialFaults::new(
+                Duration::from_millis(5),
+                400_000,
+                Arc::new(SystemClock),
+                u64::from(seed),
+            );
+            let transport = net.transport().with_dial_faults(faults);
+            spawn_node(&mut pool, transport, &discovery, seed, None)
+        })
+        .collect();
+    let topic = Topic::from_name("ward-7");
+    for node in &nodes {
+        node.handle.join(&topic, JoinMode::BOTH).unwrap();
+    }
+    pool.run_until(async {
+        eventually("a full mesh", || fully_meshed(&nodes)).await;
     });
 }
