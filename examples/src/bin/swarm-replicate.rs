@@ -32,8 +32,8 @@ use futures::task::LocalSpawnExt;
 use futures::StreamExt;
 use hypercore_rs::{Core, Corestore, DiskStorage, GetOptions, Storage};
 use swarm_rs::{
-    Connections, DirDiscovery, JoinMode, KeyPair, OsEntropy, SwarmBuilder, SwarmDriver,
-    SwarmHandle, TcpTransport, Topic, Transport,
+    Connections, DirDiscovery, DriverConfig, JoinMode, KeyPair, OsEntropy, SwarmBuilder,
+    SwarmDriver, SwarmHandle, TcpTransport, Topic, Transport,
 };
 
 type BoxError = Box<dyn Error>;
@@ -118,7 +118,12 @@ async fn start_swarm(
     let keypair = KeyPair::generate(&mut OsEntropy)?;
     let loopback: SocketAddr = "127.0.0.1:0".parse()?;
     let discovery = DirDiscovery::new(&args.rendezvous);
+    // Looking in a local folder is cheap: look often, so a reader started
+    // before the writer finds it within a second.
+    let mut config = DriverConfig::default();
+    config.refresh_interval = Duration::from_secs(1);
     Ok(SwarmBuilder::new(keypair)
+        .config(config)
         .bind(TcpTransport, discovery, &loopback)
         .await?)
 }
