@@ -29,6 +29,44 @@
 //!
 //! The driver never panics on anything a peer sends, and never reads the OS
 //! clock or random source itself: both are injected.
+//!
+//! ```
+//! use futures::executor::LocalPool;
+//! use futures::task::LocalSpawnExt;
+//! use futures::{SinkExt, StreamExt};
+//! use swarm_rs::{JoinMode, KeyPair, MemoryAddr, MemoryDiscovery, MemoryNetwork, SwarmBuilder, Topic};
+//!
+//! let (net, discovery) = (MemoryNetwork::new(), MemoryDiscovery::new());
+//! let mut pool = LocalPool::new();
+//! let topic = Topic::from_name("patient-42");
+//! let mut peers = Vec::new();
+//! // One announces, the other looks up and dials.
+//! let server = JoinMode { server: true, client: false };
+//! let client = JoinMode { server: false, client: true };
+//! for (seed, mode) in [(1u8, server), (2, client)] {
+//!     let builder = SwarmBuilder::new(KeyPair::from_seed([seed; 32]));
+//!     let bind = builder.bind(net.transport(), discovery.clone(), &MemoryAddr(0));
+//!     let (handle, connections, driver) = pool.run_until(bind)?;
+//!     pool.spawner().spawn_local(driver)?;
+//!     handle.join(&topic, mode)?;
+//!     peers.push((handle, connections));
+//! }
+//! let (mut a, mut b) = pool.run_until(async {
+//!     let a = peers[0].1.next().await.expect("a connection");
+//!     let b = peers[1].1.next().await.expect("a connection");
+//!     (a, b)
+//! });
+//! // Proven identities, the same connection on both sides.
+//! assert!(b.is_initiator());
+//! assert_eq!(a.remote_public_key(), peers[1].0.public_key());
+//! assert_eq!(a.handshake_hash(), b.handshake_hash());
+//! pool.run_until(async {
+//!     a.send(b"hello".to_vec()).await?;
+//!     assert_eq!(b.next().await.transpose()?, Some(b"hello".to_vec()));
+//!     Ok::<(), std::io::Error>(())
+//! })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
