@@ -3,6 +3,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod tcp;
+
 /// `n` pseudo-random blocks of `size` bytes from a fixed seed (BLAKE3 XOF).
 pub fn blocks(n: usize, size: usize, seed: u64) -> Vec<Vec<u8>> {
     let mut xof = blake3::Hasher::new()

@@ -1,6 +1,9 @@
 //! Discovery: where peers announce themselves under a [`DiscoveryKey`] and
 //! look each other up. Only discovery keys (hashes of topics) are ever
 //! handed to a discovery service, never topics.
+//!
+//! [`MemoryDiscovery`] serves tests in one process; [`DirDiscovery`] is a
+//! rendezvous folder for processes on one machine.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -136,6 +139,94 @@ impl<A: Clone + Debug + Send + Sync + 'static> Discovery for MemoryDiscovery<A> 
     }
 }
 
+/// A rendezvous in a shared folder, for peers on one machine (several
+/// processes, e.g. over TCP loopback). Each announcement is one small file,
+/// `<folder>/<discovery key hex>/<public key hex>`, holding the address as
+/// text (`HOST:PORT`). Lookups list the key's folder.
+///
+/// Honest limits: it only works between processes that see the same folder;
+/// announcements of a process that was killed stay until withdrawn or
+/// overwritten (dialing them fails and is retried with backoff, then given
+/// up); the file system calls block the polling thread briefly (the files
+/// are tiny). For LAN and internet use, mDNS and a DHT are the plan.
+#[derive(Debug, Clone)]
+pub struct DirDiscovery {
+    root: std::path::PathBuf,
+}
+
+impl DirDiscovery {
+    /// A rendezvous in `root` (created when needed).
+    pub fn new(root: impl Into<std::path::PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    fn key_dir(&self, key: &DiscoveryKey) -> std::path::PathBuf {
+        self.root.join(hex(&key.0))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[async_trait]
+impl Discovery for DirDiscovery {
+    type Address = std::net::SocketAddr;
+
+    async fn announce(
+        &self,
+        key: DiscoveryKey,
+        peer: PublicKey,
+        addr: std::net::SocketAddr,
+    ) -> Result<(), DiscoveryError> {
+        let dir = self.key_dir(&key);
+        std::fs::create_dir_all(&dir).map_err(|_| DiscoveryError::Unavailable)?;
+        // Write then rename, so a lookup never reads half an address.
+        let name = peer.to_string();
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, addr.to_string()).map_err(|_| DiscoveryError::Unavailable)?;
+        std::fs::rename(&tmp, dir.join(&name)).map_err(|_| DiscoveryError::Unavailable)
+    }
+
+    async fn unannounce(&self, key: DiscoveryKey, peer: PublicKey) -> Result<(), DiscoveryError> {
+        match std::fs::remove_file(self.key_dir(&key).join(peer.to_string())) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(_) => Err(DiscoveryError::Unavailable),
+        }
+    }
+
+    async fn lookup(
+        &self,
+        key: DiscoveryKey,
+    ) -> Result<Vec<(PublicKey, std::net::SocketAddr)>, DiscoveryError> {
+        let entries = match std::fs::read_dir(self.key_dir(&key)) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(_) => return Err(DiscoveryError::Unavailable),
+        };
+        let mut found = BTreeMap::new();
+        // Anything unreadable or malformed (another program's files, a
+        // half-written temp file) is skipped, never trusted.
+        for entry in entries.flatten().take(1024) {
+            let Some(peer) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<PublicKey>().ok())
+            else {
+                continue;
+            };
+            let Ok(text) = std::fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            if let Ok(addr) = text.trim().parse() {
+                found.insert(peer, addr);
+            }
+        }
+        Ok(found.into_iter().collect())
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -168,6 +259,26 @@ mod tests {
             assert!(d.lookup(key).await.unwrap().is_empty());
             assert!(d.keys().is_empty());
         });
+    }
+
+    #[test]
+    fn dir_rendezvous_round_trip() {
+        let root = std::env::temp_dir().join(format!("swarm-rs-dir-test-{}", std::process::id()));
+        let d = DirDiscovery::new(&root);
+        let key = Topic::from_name("clinic").discovery_key();
+        let a = KeyPair::from_seed([1; 32]).public_key();
+        let addr: std::net::SocketAddr = "127.0.0.1:4242".parse().unwrap();
+        block_on(async {
+            assert!(d.lookup(key).await.unwrap().is_empty());
+            d.announce(key, a, addr).await.unwrap();
+            // Garbage in the folder is ignored.
+            std::fs::write(d.key_dir(&key).join("not-a-key"), "x").unwrap();
+            assert_eq!(d.lookup(key).await.unwrap(), vec![(a, addr)]);
+            d.unannounce(key, a).await.unwrap();
+            d.unannounce(key, a).await.unwrap();
+            assert!(d.lookup(key).await.unwrap().is_empty());
+        });
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

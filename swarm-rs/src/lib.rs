@@ -40,6 +40,7 @@
 
 pub mod clock;
 pub mod discovery;
+pub mod driver;
 pub mod entropy;
 pub mod identity;
 pub mod mux;
@@ -49,7 +50,11 @@ pub mod swarm;
 pub mod transport;
 
 pub use clock::{Clock, SystemClock};
-pub use discovery::{Discovery, DiscoveryError, MemoryDiscovery};
+pub use discovery::{DirDiscovery, Discovery, DiscoveryError, MemoryDiscovery};
+pub use driver::{
+    Connections, DriverConfig, DriverStopped, PeerConnection, SwarmBuilder, SwarmDriver,
+    SwarmHandle,
+};
 pub use entropy::{EntropyError, EntropySource, OsEntropy, SeededEntropy};
 pub use identity::{IdentityError, KeyPair, PublicKey};
 pub use mux::{ChannelId, Mux, MuxConfig, MuxError, MuxEvent};
@@ -60,6 +65,6 @@ pub use swarm::{
     Topic,
 };
 pub use transport::{
-    duplex, Listener, MemoryAddr, MemoryNetwork, MemoryTransport, PipeStream, TcpTransport,
-    Transport,
+    duplex, DialFaults, Listener, MemoryAddr, MemoryNetwork, MemoryTransport, PipeStream,
+    TcpTransport, Transport,
 };

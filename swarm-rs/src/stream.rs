@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -72,15 +73,27 @@ impl<S> fmt::Debug for SecureStream<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> SecureStream<S> {
     /// Runs the handshake over `io` and returns the established stream.
-    pub async fn handshake(
+    ///
+    /// The key pair and the entropy are used right away, before the returned
+    /// future is first polled; the future borrows neither (so it is `Send`
+    /// and `'static` whenever `S` is).
+    pub fn handshake(
         io: S,
         role: Role,
         keypair: &KeyPair,
         config: SecureConfig,
         entropy: &mut dyn EntropySource,
         clock: Arc<dyn Clock>,
+    ) -> impl Future<Output = Result<Self, StreamError>> {
+        let conn = SecureConnection::new(role, keypair, config, entropy, clock.now());
+        async move { Self::finish_handshake(io, conn?, clock).await }
+    }
+
+    async fn finish_handshake(
+        io: S,
+        conn: SecureConnection,
+        clock: Arc<dyn Clock>,
     ) -> Result<Self, StreamError> {
-        let conn = SecureConnection::new(role, keypair, config, entropy, clock.now())?;
         let mut stream = Self {
             io,
             conn,

@@ -5,12 +5,15 @@
 //! Faults: every [`MemoryTransport`] is a host ([`HostId`]); partitioning two
 //! hosts cuts their open connections (reads and writes fail with
 //! `ConnectionReset`) and makes new dials between them fail with
-//! `HostUnreachable` until healed. (Injected latency is not implemented yet.)
+//! `HostUnreachable` until healed. [`DialFaults`] add latency to a
+//! transport's dials and lose some of them (seeded, so runs repeat); bytes
+//! on an open connection flow without delay (no per-write latency yet).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::channel::mpsc;
@@ -18,6 +21,8 @@ use futures::StreamExt;
 
 use super::pipe::{duplex_with_severer, PipeStream, Severer};
 use super::{Listener, Transport};
+use crate::clock::Clock;
+use crate::entropy::{EntropySource, SeededEntropy};
 
 /// Default bytes buffered per direction of a memory connection.
 const DEFAULT_PIPE_CAPACITY: usize = 64 * 1024;
@@ -83,6 +88,7 @@ impl MemoryNetwork {
             network: self.clone(),
             host,
             pipe_capacity: DEFAULT_PIPE_CAPACITY,
+            faults: None,
         }
     }
 
@@ -119,12 +125,58 @@ impl MemoryNetwork {
     }
 }
 
+/// Faults injected into the dials of a [`MemoryTransport`].
+#[derive(Clone)]
+pub struct DialFaults {
+    latency: Duration,
+    drop_per_million: u32,
+    clock: Arc<dyn Clock>,
+    entropy: Arc<Mutex<SeededEntropy>>,
+}
+
+impl fmt::Debug for DialFaults {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DialFaults")
+            .field("latency", &self.latency)
+            .field("drop_per_million", &self.drop_per_million)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DialFaults {
+    /// Every dial waits `latency` (on `clock`) before it connects; a share
+    /// of `drop_per_million` / 1,000,000 of the dials is lost and fails with
+    /// `TimedOut` after the wait. Which ones is decided by `seed`.
+    pub fn new(latency: Duration, drop_per_million: u32, clock: Arc<dyn Clock>, seed: u64) -> Self {
+        Self {
+            latency,
+            drop_per_million,
+            clock,
+            entropy: Arc::new(Mutex::new(SeededEntropy::from_u64(seed))),
+        }
+    }
+
+    fn lose_next(&self) -> bool {
+        let mut draw = [0u8; 4];
+        let mut entropy = self
+            .entropy
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // A seeded source cannot fail; if it did, keep the dial.
+        if entropy.try_fill_bytes(&mut draw).is_err() {
+            return false;
+        }
+        u32::from_le_bytes(draw) % 1_000_000 < self.drop_per_million
+    }
+}
+
 /// Dials and listens on a [`MemoryNetwork`].
 #[derive(Debug, Clone)]
 pub struct MemoryTransport {
     network: MemoryNetwork,
     host: HostId,
     pipe_capacity: usize,
+    faults: Option<DialFaults>,
 }
 
 impl MemoryTransport {
@@ -136,6 +188,12 @@ impl MemoryTransport {
     /// Sets the bytes buffered per direction of new connections.
     pub fn with_pipe_capacity(mut self, capacity: usize) -> Self {
         self.pipe_capacity = capacity;
+        self
+    }
+
+    /// Adds latency to this transport's dials and loses some of them.
+    pub fn with_dial_faults(mut self, faults: DialFaults) -> Self {
+        self.faults = Some(faults);
         self
     }
 }
@@ -166,6 +224,14 @@ impl Transport for MemoryTransport {
     }
 
     async fn connect(&self, addr: &MemoryAddr) -> io::Result<PipeStream> {
+        if let Some(faults) = &self.faults {
+            let lost = faults.lose_next();
+            let clock = &faults.clock;
+            clock.sleep_until(clock.now() + faults.latency).await;
+            if lost {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+        }
         let mut registry = self.network.lock();
         let from = MemoryNetwork::ephemeral(&mut registry);
         let (host, listener) = registry

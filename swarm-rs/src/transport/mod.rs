@@ -17,7 +17,7 @@ mod memory;
 mod pipe;
 mod tcp;
 
-pub use memory::{HostId, MemoryAddr, MemoryListener, MemoryNetwork, MemoryTransport};
+pub use memory::{DialFaults, HostId, MemoryAddr, MemoryListener, MemoryNetwork, MemoryTransport};
 pub use pipe::{duplex, PipeStream};
 pub use tcp::{TcpListener, TcpTransport};
 
