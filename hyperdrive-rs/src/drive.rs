@@ -540,10 +540,7 @@ impl Drive {
     }
 
     /// A stream that yields each time a committed change touches `folder`.
-    pub fn watch(
-        &self,
-        folder: &str,
-    ) -> Result<impl Stream<Item = Result<Change>> + Send + 'static> {
+    pub fn watch(&self, folder: &str) -> Result<BoxStream<'static, Result<Change>>> {
         let segs = folder_segments(folder)?;
         let (start, end) = folder_range(&segs);
         Ok(self
@@ -556,7 +553,8 @@ impl Drive {
                     to: c.to,
                 })
                 .map_err(Error::from)
-            }))
+            })
+            .boxed())
     }
 
     // ---- local storage ------------------------------------------------------
