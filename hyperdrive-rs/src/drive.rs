@@ -18,7 +18,7 @@ use crate::path::{display, folder_range, key_of, path_of_key, resolve_link, segm
 use futures::io::{AsyncRead, AsyncReadExt};
 use futures::stream::{BoxStream, Stream, StreamExt};
 use hyperbee_rs::{Bee, Range, RangeIter, Snapshot};
-use hypercore_rs::{Core, Corestore, Download, GetOptions, Hash};
+use hypercore_rs::{Clock, Core, Corestore, Download, GetOptions, Hash};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -234,6 +234,12 @@ impl Drive {
     /// reads contents sparsely, each missing chunk waited for at most `wait`.
     pub async fn open_remote(store: &Corestore, key: Hash, wait: Duration) -> Result<Drive> {
         let meta = store.get_by_key(key).await?;
+        if meta.length() == 0 {
+            // Wait for a peer to bring the header block (the channel for a
+            // newly opened core may not be up yet, so `update` alone could
+            // return before any peer is asked).
+            meta.get_with(0, patient(wait)).await?;
+        }
         meta.update().await?;
         sync_core(&meta).await?;
         Self::open_key_inner(store, key, Some(wait)).await
@@ -250,8 +256,8 @@ impl Drive {
             return Err(CorruptError::Header("blobs key is the drive key").into());
         }
         let blobs = store.get_by_key(header.blobs_key).await?;
-        if wait.is_some() {
-            blobs.update().await?;
+        if let Some(t) = wait {
+            await_peer(&blobs, t).await?;
         }
         Ok(Drive {
             inner: Arc::new(Inner {
@@ -460,8 +466,17 @@ impl Drive {
     /// length from peers first when reads may wait).
     async fn check_blob(&self, path: &str, blob: &Blob) -> Result<()> {
         let blobs = &self.inner.blobs;
-        if blob.block_end() > blobs.length() && self.inner.wait.is_some() {
+        if blob.block_end() > blobs.length() && self.inner.wait.is_some() && blobs.peer_count() > 0
+        {
             blobs.update().await?;
+        }
+        if let (true, Some(t)) = (blob.block_end() > blobs.length(), self.inner.wait) {
+            // No peer yet (or it is behind): wait, bounded, for an upgrade
+            // that covers the blob's last block (this fetches that block).
+            match blobs.get_with(blob.block_end() - 1, patient(t)).await {
+                Ok(_) | Err(hypercore_rs::Error::Timeout) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         if blob.block_end() > blobs.length() {
             return Err(CorruptError::BlobOutOfRange {
@@ -719,6 +734,29 @@ impl Drive {
         b.flush().await?;
         Ok(true)
     }
+}
+
+/// Waits (at most `t`) until a peer replicates `core`, then learns its
+/// length. The channel of a core opened after replication started comes up
+/// a round trip later; without this the first read would not know the
+/// blobs core's length yet.
+async fn await_peer(core: &Core, t: Duration) -> Result<bool> {
+    let clock = hypercore_rs::ThreadClock;
+    let start = clock.now();
+    while core.peer_count() == 0 {
+        if clock.now().saturating_sub(start) >= t {
+            return Ok(false);
+        }
+        clock.sleep(Duration::from_millis(2)).await;
+    }
+    Ok(core.update().await?)
+}
+
+/// Waits for a block at most `t`, even while no peer is connected yet.
+fn patient(t: Duration) -> GetOptions {
+    let mut o = GetOptions::wait_for(t);
+    o.fail_fast = false;
+    o
 }
 
 /// Downloads every block of `core` it does not hold yet.
