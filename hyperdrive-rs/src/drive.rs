@@ -891,6 +891,16 @@ impl BlobWriter {
         Ok(())
     }
 
+    /// Gives back the space of the chunks appended for a write that failed
+    /// (best effort: they stay unreferenced either way).
+    async fn abandon(self, err: Error) -> Error {
+        let end = self.blobs.length();
+        if end > self.block_offset {
+            let _ = self.blobs.clear(self.block_offset, end).await;
+        }
+        err
+    }
+
     async fn finish(mut self) -> Result<(Blob, [u8; 32])> {
         self.spill().await?;
         let blocks = blocks_for(self.len, self.chunk as u64);
@@ -959,14 +969,16 @@ impl DriveBatch {
         let mut w = BlobWriter::new(&self.drive.inner.blobs, self.drive.inner.chunk);
         let mut buf = vec![0u8; w.cap()];
         loop {
-            let n = reader
-                .read(&mut buf)
-                .await
-                .map_err(|e| Error::io(None, e))?;
+            let n = match reader.read(&mut buf).await {
+                Ok(n) => n,
+                Err(e) => return Err(w.abandon(Error::io(None, e)).await),
+            };
             if n == 0 {
                 break;
             }
-            w.write(&buf[..n]).await?;
+            if let Err(e) = w.write(&buf[..n]).await {
+                return Err(w.abandon(e).await);
+            }
         }
         let len = w.len;
         self.commit(key, w, options).await?;
@@ -988,7 +1000,13 @@ impl DriveBatch {
         check_metadata(&options.metadata)?;
         let mut w = BlobWriter::new(&self.drive.inner.blobs, self.drive.inner.chunk);
         while let Some(c) = chunks.next().await {
-            w.write(&c?).await?;
+            let r = match c {
+                Ok(c) => w.write(&c).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r {
+                return Err(w.abandon(e).await);
+            }
         }
         let len = w.len;
         self.commit(key, w, options).await?;

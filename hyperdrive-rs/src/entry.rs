@@ -312,3 +312,43 @@ mod tests {
         assert!(decode_header(&encode_header(&bad)).is_err());
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod golden {
+    use super::*;
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    /// The stored bytes are a contract: these vectors must keep decoding.
+    #[test]
+    fn version_1_encodings_are_stable() {
+        let file = EntryKind::File {
+            blob: Blob {
+                block_offset: 300,
+                block_length: 2,
+                byte_offset: 1,
+                byte_length: 65_537,
+            },
+            hash: [0xab; 32],
+            executable: true,
+        };
+        let f = encode_entry(&file, b"m");
+        let want_f = format!("0101ac02020181800401{}0100016d", "ab".repeat(32));
+        assert_eq!(hex(&f), want_f);
+        let link = EntryKind::Symlink {
+            target: "../x".into(),
+        };
+        let l = encode_entry(&link, b"");
+        assert_eq!(hex(&l), "0100000001042e2e2f7800");
+        let h = encode_header(&Header {
+            blobs_key: [1; 32],
+            chunk_size: 65_536,
+        });
+        assert_eq!(hex(&h), format!("01{}808004", "01".repeat(32)));
+        assert_eq!(decode_entry("/f".into(), 1, &f, 65_536).unwrap().kind, file);
+        assert_eq!(decode_entry("/l".into(), 1, &l, 65_536).unwrap().kind, link);
+    }
+}

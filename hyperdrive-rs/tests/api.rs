@@ -472,3 +472,47 @@ fn reader_by_key_sees_the_writer_and_cannot_write() {
         ));
     });
 }
+
+/// A reader that fails after handing out some bytes.
+struct Failing(usize);
+
+impl futures::io::AsyncRead for Failing {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.0 == 0 {
+            return std::task::Poll::Ready(Err(std::io::Error::other("disk unplugged")));
+        }
+        let n = buf.len().min(self.0);
+        buf[..n].fill(1);
+        self.0 -= n;
+        std::task::Poll::Ready(Ok(n))
+    }
+}
+
+#[test]
+fn a_failed_streaming_write_keeps_the_old_file_and_frees_its_chunks() {
+    block_on(async {
+        let d = drive().await;
+        d.put("/f", b"old").await.unwrap();
+        let v = d.version();
+        let before = d.blobs().length();
+        let r = d
+            .put_stream("/f", Failing(3 << 20), PutOptions::default())
+            .await;
+        assert!(matches!(r, Err(Error::Io { .. })));
+        assert_eq!(d.version(), v);
+        assert_eq!(d.get("/f").await.unwrap().unwrap(), b"old");
+        // The chunks appended before the failure were cleared.
+        let after = d.blobs().length();
+        assert!(after > before);
+        for i in before..after {
+            assert!(d.blobs().get(i).await.unwrap().is_none());
+        }
+        // The drive keeps working.
+        d.put("/g", b"new").await.unwrap();
+        assert_eq!(d.get("/g").await.unwrap().unwrap(), b"new");
+    });
+}
