@@ -18,7 +18,7 @@ use crate::path::{display, folder_range, key_of, path_of_key, resolve_link, segm
 use futures::io::{AsyncRead, AsyncReadExt};
 use futures::stream::{BoxStream, Stream, StreamExt};
 use hyperbee_rs::{Bee, Range, RangeIter, Snapshot};
-use hypercore_rs::{Clock, Core, Corestore, Download, GetOptions, Hash};
+use hypercore_rs::{Clock, Core, Corestore, Download, GetOptions, Hash, ThreadClock};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -233,6 +233,16 @@ impl Drive {
     /// learns the latest metadata length, downloads the metadata core, and
     /// reads contents sparsely, each missing chunk waited for at most `wait`.
     pub async fn open_remote(store: &Corestore, key: Hash, wait: Duration) -> Result<Drive> {
+        Self::open_remote_with_clock(store, key, wait, Arc::new(ThreadClock)).await
+    }
+
+    /// [`Drive::open_remote`] with an injected clock (for simulations).
+    pub async fn open_remote_with_clock(
+        store: &Corestore,
+        key: Hash,
+        wait: Duration,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Drive> {
         let meta = store.get_by_key(key).await?;
         if meta.length() == 0 {
             // Wait for a peer to bring the header block (the channel for a
@@ -242,10 +252,14 @@ impl Drive {
         }
         meta.update().await?;
         sync_core(&meta).await?;
-        Self::open_key_inner(store, key, Some(wait)).await
+        Self::open_key_inner(store, key, Some((wait, clock))).await
     }
 
-    async fn open_key_inner(store: &Corestore, key: Hash, wait: Option<Duration>) -> Result<Drive> {
+    async fn open_key_inner(
+        store: &Corestore,
+        key: Hash,
+        wait: Option<(Duration, Arc<dyn Clock>)>,
+    ) -> Result<Drive> {
         let meta = store.get_by_key(key).await?;
         let bee = Bee::open(meta).await?;
         let Some(h) = bee.get(HEADER_KEY).await? else {
@@ -256,9 +270,10 @@ impl Drive {
             return Err(CorruptError::Header("blobs key is the drive key").into());
         }
         let blobs = store.get_by_key(header.blobs_key).await?;
-        if let Some(t) = wait {
-            await_peer(&blobs, t).await?;
+        if let Some((t, clock)) = &wait {
+            await_peer(&blobs, *t, clock.as_ref()).await?;
         }
+        let wait = wait.map(|(t, _)| t);
         Ok(Drive {
             inner: Arc::new(Inner {
                 bee,
@@ -740,8 +755,7 @@ impl Drive {
 /// length. The channel of a core opened after replication started comes up
 /// a round trip later; without this the first read would not know the
 /// blobs core's length yet.
-async fn await_peer(core: &Core, t: Duration) -> Result<bool> {
-    let clock = hypercore_rs::ThreadClock;
+async fn await_peer(core: &Core, t: Duration, clock: &dyn Clock) -> Result<bool> {
     let start = clock.now();
     while core.peer_count() == 0 {
         if clock.now().saturating_sub(start) >= t {

@@ -162,3 +162,38 @@ fn drive_to_drive_compares_hashes_without_reading_content() {
         assert!(r.changes.is_empty());
     });
 }
+
+#[cfg(unix)]
+#[test]
+fn executable_flag_round_trips_through_a_local_folder() {
+    use std::os::unix::fs::PermissionsExt;
+    block_on(async {
+        let d = drive("x").await;
+        d.put_with(
+            "/bin/run.sh",
+            b"#!/bin/sh\n",
+            hyperdrive_rs::PutOptions::default().executable(true),
+        )
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        drive_to_local(&d, dir.path(), &MirrorOptions::default())
+            .await
+            .unwrap();
+        let mode = fs::metadata(dir.path().join("bin/run.sh"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o111, 0o111);
+        let back = drive("y").await;
+        local_to_drive(dir.path(), &back, &MirrorOptions::default())
+            .await
+            .unwrap();
+        assert!(back
+            .entry("/bin/run.sh")
+            .await
+            .unwrap()
+            .unwrap()
+            .executable());
+    });
+}
