@@ -1190,7 +1190,17 @@ impl Core {
         }
         let (rec, roots, manifest) = {
             let s = self.state();
-            (s.rec.clone(), s.roots.clone(), s.manifest.clone())
+            let roots = if req.seek.is_some() {
+                s.roots.clone()
+            } else {
+                Vec::new()
+            };
+            let manifest = if req.manifest {
+                s.manifest.clone()
+            } else {
+                None
+            };
+            (s.rec.clone(), roots, manifest)
         };
         let mut proof = Proof {
             fork: rec.fork,

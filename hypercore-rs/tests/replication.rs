@@ -635,3 +635,59 @@ async fn yield_now() {
     })
     .await
 }
+
+#[test]
+fn a_session_ends_when_the_remote_hangs_up() {
+    // The remote sends its hello and closes at once: the end of the stream is
+    // already queued behind a frame (regression: it used to be swallowed).
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let res = block_on(async {
+            let w = writer(3, 11).await;
+            let (mut x, y) = duplex();
+            x.send(wire::encode(&wire::Message::Hello { nonce: [9; 32] }))
+                .await
+                .unwrap();
+            drop(x);
+            w.replicate(y, opts(false)).await
+        });
+        let _ = tx.send(res.is_ok());
+    });
+    let ended = rx.recv_timeout(Duration::from_secs(20));
+    assert_eq!(
+        ended,
+        Ok(true),
+        "the session did not end when the remote hung up"
+    );
+}
+
+#[test]
+fn peers_on_two_threads_sync_and_the_server_ends_when_the_reader_leaves() {
+    let w = block_on(writer(500, 12));
+    let r = block_on(reader(&w));
+    let (x, y) = duplex();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let w2 = w.clone();
+    let server = std::thread::spawn(move || {
+        let res = block_on(w2.replicate(x, opts(true)));
+        let _ = done_tx.send(res.is_ok());
+    });
+    let r2 = r.clone();
+    let client = std::thread::spawn(move || {
+        block_on(async {
+            let session = r2.replicate(y, opts(false));
+            let work = async {
+                r2.update().await.unwrap();
+                r2.download(0, 500).done().await.unwrap();
+            };
+            futures::pin_mut!(session);
+            futures::pin_mut!(work);
+            select(session, work).await;
+        })
+    });
+    client.join().unwrap();
+    assert_eq!(r.contiguous_length(), 500);
+    // The reader's end is gone: the server's session must end by itself.
+    assert_eq!(done_rx.recv_timeout(Duration::from_secs(20)), Ok(true));
+    server.join().unwrap();
+}

@@ -116,6 +116,17 @@ const MAX_STRIKES: u32 = 10_000;
 /// How many queued frames are handled before scheduling and announcing again.
 const DRAIN: usize = 256;
 
+/// Takes the next item if one is ready, without waiting. Unlike
+/// `now_or_never`, it polls with the task's own waker, so a `Pending` leaves
+/// the task registered for wake-ups (a no-op waker would lose them).
+async fn try_next<S: Stream + Unpin>(s: &mut S) -> Option<Option<S::Item>> {
+    futures::future::poll_fn(|cx| match s.poll_next_unpin(cx) {
+        std::task::Poll::Ready(item) => std::task::Poll::Ready(Some(item)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
+}
+
 /// The nodes a block proof with `nodes` siblings proves (leaf, siblings, parents).
 fn path_nodes(block: u64, nodes: u64, length: u64) -> Vec<u64> {
     let mut cur = block.saturating_mul(2);
@@ -213,10 +224,12 @@ where
                             // Handle what is already queued before scheduling and
                             // announcing again, so those coalesce.
                             for _ in 0..DRAIN {
-                                match stream.next().now_or_never() {
+                                match try_next(&mut stream).await {
                                     Some(Some(Ok(f))) => s.on_frame(&f).await?,
                                     Some(Some(Err(e))) => return Err(ReplicationError::Io(e)),
-                                    Some(None) | None => break,
+                                    // The remote closed: the session is over.
+                                    Some(None) => return Ok(()),
+                                    None => break,
                                 }
                             }
                         }
@@ -620,7 +633,7 @@ impl Session {
             }
         };
         handle(first, &mut self.conn);
-        while let Some(Some((c, w))) = self.wakes.next().now_or_never() {
+        while let Some(Some((c, w))) = try_next(&mut self.wakes).await {
             if c == ch {
                 handle(w, &mut self.conn);
             } else {

@@ -172,6 +172,10 @@ struct CoreFiles {
     /// Files known not to exist (only this engine creates them), so lookups
     /// of absent nodes or blocks cost no `stat`.
     absent: HashSet<&'static str>,
+    /// Cached lengths of the tree and index files (only this engine changes
+    /// them, at checkpoints, which reset these).
+    tree_len: Option<u64>,
+    index_len: Option<u64>,
     // Overlay of changes since the last checkpoint.
     nodes: FastMap<u64, Option<Node>>,
     locs: FastMap<u64, Option<Loc>>,
@@ -284,20 +288,14 @@ impl CoreFiles {
         if index >= self.tree_limit || index >= u64::MAX / NODE_SLOT {
             return Ok(None);
         }
-        let path = format!("{}/tree", self.dir);
-        let Some(f) = self.tree_file(vfs, false)? else {
-            return Ok(None);
-        };
         let off = index * NODE_SLOT;
-        let len = f.len().map_err(|e| io_err("stat", &path, e))?;
-        if off + NODE_SLOT > len {
+        let mut buf = [0u8; NODE_SLOT as usize];
+        if !self.read_slot(vfs, "tree", off, &mut buf)? {
             return Ok(None);
         }
-        let mut buf = [0u8; NODE_SLOT as usize];
-        f.read_at(&mut buf, off)
-            .map_err(|e| io_err("read", &path, e))?;
-        decode_node(index, &buf)
-            .map_err(|what| StorageError::Corrupt(format!("{path}: {what} at node {index}")))
+        decode_node(index, &buf).map_err(|what| {
+            StorageError::Corrupt(format!("{}/tree: {what} at node {index}", self.dir))
+        })
     }
 
     fn loc(&mut self, vfs: &dyn Vfs, index: u64) -> Result<Option<Loc>, StorageError> {
@@ -307,20 +305,62 @@ impl CoreFiles {
         if index >= self.index_limit || index >= u64::MAX / LOC_SLOT {
             return Ok(None);
         }
-        let path = format!("{}/index", self.dir);
-        let Some(f) = self.index_file(vfs, false)? else {
-            return Ok(None);
-        };
         let off = index * LOC_SLOT;
-        let len = f.len().map_err(|e| io_err("stat", &path, e))?;
-        if off + LOC_SLOT > len {
+        let mut buf = [0u8; LOC_SLOT as usize];
+        if !self.read_slot(vfs, "index", off, &mut buf)? {
             return Ok(None);
         }
-        let mut buf = [0u8; LOC_SLOT as usize];
-        f.read_at(&mut buf, off)
-            .map_err(|e| io_err("read", &path, e))?;
-        decode_loc(&buf)
-            .map_err(|what| StorageError::Corrupt(format!("{path}: {what} at block {index}")))
+        decode_loc(&buf).map_err(|what| {
+            StorageError::Corrupt(format!("{}/index: {what} at block {index}", self.dir))
+        })
+    }
+
+    /// Reads one slot of the tree or index file; false if the file is absent
+    /// or shorter than the slot.
+    fn read_slot(
+        &mut self,
+        vfs: &dyn Vfs,
+        which: &'static str,
+        off: u64,
+        buf: &mut [u8],
+    ) -> Result<bool, StorageError> {
+        let cached = if which == "tree" {
+            self.tree_len
+        } else {
+            self.index_len
+        };
+        let len = match cached {
+            Some(l) => l,
+            None => {
+                let f = if which == "tree" {
+                    self.tree_file(vfs, false)?
+                } else {
+                    self.index_file(vfs, false)?
+                };
+                let Some(f) = f else { return Ok(false) };
+                let l = f
+                    .len()
+                    .map_err(|e| io_err("stat", &format!("{}/{which}", self.dir), e))?;
+                if which == "tree" {
+                    self.tree_len = Some(l);
+                } else {
+                    self.index_len = Some(l);
+                }
+                l
+            }
+        };
+        if off + buf.len() as u64 > len {
+            return Ok(false);
+        }
+        let f = if which == "tree" {
+            self.tree_file(vfs, false)?
+        } else {
+            self.index_file(vfs, false)?
+        };
+        let Some(f) = f else { return Ok(false) };
+        f.read_at(buf, off)
+            .map_err(|e| io_err("read", &format!("{}/{which}", self.dir), e))?;
+        Ok(true)
     }
 
     /// Reads a block's bytes, through the read-ahead buffer when the reads
@@ -1120,6 +1160,8 @@ impl Engine {
 
 /// Writes a core's overlay into its tree and index files and syncs them.
 fn write_overlay(cf: &mut CoreFiles, vfs: &dyn Vfs) -> Result<(), StorageError> {
+    cf.tree_len = None;
+    cf.index_len = None;
     if cf.tree_limit != u64::MAX || !cf.nodes.is_empty() {
         let path = format!("{}/tree", cf.dir);
         let limit = cf.tree_limit;
