@@ -67,6 +67,133 @@ impl std::hash::Hasher for FastHasher {
 
 type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
 
+/// A slot of the dense part of an [`Overlay`].
+#[derive(Clone, Copy, Debug)]
+enum Slot<T> {
+    /// Not in the overlay (look in the file).
+    Unset,
+    /// Erased since the last checkpoint.
+    Erased,
+    /// Written since the last checkpoint.
+    Set(T),
+}
+
+/// The changes to one slot file since the last checkpoint: a dense vector for
+/// the (usually sequential) indices of appends, and a map for the rest.
+/// `get` answers `Some(Some(v))` written, `Some(None)` erased, `None` not
+/// changed (read the file).
+#[derive(Debug)]
+struct Overlay<T: Copy> {
+    base: u64,
+    dense: Vec<Slot<T>>,
+    sparse: FastMap<u64, Option<T>>,
+}
+
+/// Gaps up to this many slots are filled in the dense part.
+const OVERLAY_GAP: u64 = 64;
+
+impl<T: Copy> Default for Overlay<T> {
+    fn default() -> Self {
+        Overlay {
+            base: 0,
+            dense: Vec::new(),
+            sparse: FastMap::default(),
+        }
+    }
+}
+
+impl<T: Copy> Overlay<T> {
+    fn dense_slot(&self, i: u64) -> Option<usize> {
+        let off = i.checked_sub(self.base)?;
+        (off < self.dense.len() as u64).then_some(off as usize)
+    }
+
+    fn get(&self, i: u64) -> Option<Option<T>> {
+        if let Some(k) = self.dense_slot(i) {
+            match self.dense[k] {
+                Slot::Unset => {}
+                Slot::Erased => return Some(None),
+                Slot::Set(v) => return Some(Some(v)),
+            }
+        }
+        self.sparse.get(&i).copied()
+    }
+
+    fn insert(&mut self, i: u64, v: Option<T>) {
+        let slot = match v {
+            Some(x) => Slot::Set(x),
+            None => Slot::Erased,
+        };
+        if self.dense.is_empty() {
+            self.base = i;
+        }
+        let end = self.base + self.dense.len() as u64;
+        if let Some(k) = self.dense_slot(i) {
+            self.dense[k] = slot;
+            // A stale entry for the same index may sit in the map.
+            self.sparse.remove(&i);
+        } else if i >= end && i - end <= OVERLAY_GAP {
+            self.dense.resize((i - self.base) as usize, Slot::Unset);
+            self.dense.push(slot);
+            self.sparse.remove(&i);
+        } else {
+            self.sparse.insert(i, v);
+        }
+    }
+
+    fn retain(&mut self, keep: impl Fn(u64) -> bool) {
+        let base = self.base;
+        for (k, s) in self.dense.iter_mut().enumerate() {
+            if !matches!(s, Slot::Unset) && !keep(base + k as u64) {
+                *s = Slot::Unset;
+            }
+        }
+        self.sparse.retain(|i, _| keep(*i));
+    }
+
+    fn clear(&mut self) {
+        self.dense.clear();
+        self.sparse.clear();
+        self.base = 0;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.sparse.is_empty() && self.dense.iter().all(|s| matches!(s, Slot::Unset))
+    }
+
+    fn max_key(&self) -> Option<u64> {
+        let dense = self
+            .dense
+            .iter()
+            .rposition(|s| !matches!(s, Slot::Unset))
+            .map(|k| self.base + k as u64);
+        dense.max(self.sparse.keys().max().copied())
+    }
+
+    /// Every changed slot, sorted by index.
+    fn sorted_entries(&self) -> Vec<(u64, Option<T>)> {
+        let mut out: Vec<(u64, Option<T>)> =
+            Vec::with_capacity(self.dense.len() + self.sparse.len());
+        for (k, s) in self.dense.iter().enumerate() {
+            match s {
+                Slot::Unset => {}
+                Slot::Erased => out.push((self.base + k as u64, None)),
+                Slot::Set(v) => out.push((self.base + k as u64, Some(*v))),
+            }
+        }
+        for (i, v) in &self.sparse {
+            let shadowed = self
+                .dense_slot(*i)
+                .is_some_and(|k| !matches!(self.dense[k], Slot::Unset));
+            if !shadowed {
+                out.push((*i, *v));
+            }
+        }
+        out.sort_unstable_by_key(|e| e.0);
+        out
+    }
+}
+
 /// Sequential reads are served from one read-ahead buffer of this size.
 const READ_AHEAD: u64 = 128 * 1024;
 
@@ -177,8 +304,8 @@ struct CoreFiles {
     tree_len: Option<u64>,
     index_len: Option<u64>,
     // Overlay of changes since the last checkpoint.
-    nodes: FastMap<u64, Option<Node>>,
-    locs: FastMap<u64, Option<Loc>>,
+    nodes: Overlay<Node>,
+    locs: Overlay<Loc>,
     // Read-ahead over the data file. Referenced bytes are never overwritten,
     // so a buffered range cannot go stale for any block still referenced.
     read_buf: Option<(u64, Vec<u8>)>,
@@ -282,8 +409,8 @@ impl CoreFiles {
     }
 
     fn node(&mut self, vfs: &dyn Vfs, index: u64) -> Result<Option<Node>, StorageError> {
-        if let Some(n) = self.nodes.get(&index) {
-            return Ok(*n);
+        if let Some(n) = self.nodes.get(index) {
+            return Ok(n);
         }
         if index >= self.tree_limit || index >= u64::MAX / NODE_SLOT {
             return Ok(None);
@@ -299,8 +426,8 @@ impl CoreFiles {
     }
 
     fn loc(&mut self, vfs: &dyn Vfs, index: u64) -> Result<Option<Loc>, StorageError> {
-        if let Some(l) = self.locs.get(&index) {
-            return Ok(*l);
+        if let Some(l) = self.locs.get(index) {
+            return Ok(l);
         }
         if index >= self.index_limit || index >= u64::MAX / LOC_SLOT {
             return Ok(None);
@@ -413,7 +540,7 @@ impl CoreFiles {
             Ok(Some(f)) => f.len().unwrap_or(0) / LOC_SLOT,
             _ => 0,
         };
-        let overlay = self.locs.keys().max().map(|m| m + 1).unwrap_or(0);
+        let overlay = self.locs.max_key().map(|m| m + 1).unwrap_or(0);
         file_entries.min(self.index_limit).max(overlay)
     }
 }
@@ -793,9 +920,9 @@ impl Engine {
                 freed,
             } => {
                 let cf = self.core(&core);
-                cf.locs.retain(|&i, _| i < length);
+                cf.locs.retain(|i| i < length);
                 cf.index_limit = cf.index_limit.min(length);
-                cf.nodes.retain(|&i, _| node_survives(i, length));
+                cf.nodes.retain(|i| node_survives(i, length));
                 cf.tree_limit = cf.tree_limit.min(length.saturating_mul(2));
                 for i in straddling(length) {
                     cf.nodes.insert(i, None);
@@ -1165,9 +1292,7 @@ fn write_overlay(cf: &mut CoreFiles, vfs: &dyn Vfs) -> Result<(), StorageError> 
     if cf.tree_limit != u64::MAX || !cf.nodes.is_empty() {
         let path = format!("{}/tree", cf.dir);
         let limit = cf.tree_limit;
-        let mut entries: Vec<(u64, Option<Node>)> =
-            cf.nodes.iter().map(|(k, v)| (*k, *v)).collect();
-        entries.sort_unstable_by_key(|e| e.0);
+        let entries = cf.nodes.sorted_entries();
         let f = cf
             .tree_file(vfs, true)?
             .ok_or_else(|| StorageError::Corrupt("tree file vanished".into()))?;
@@ -1179,8 +1304,7 @@ fn write_overlay(cf: &mut CoreFiles, vfs: &dyn Vfs) -> Result<(), StorageError> 
     if cf.index_limit != u64::MAX || !cf.locs.is_empty() {
         let path = format!("{}/index", cf.dir);
         let limit = cf.index_limit;
-        let mut entries: Vec<(u64, Option<Loc>)> = cf.locs.iter().map(|(k, v)| (*k, *v)).collect();
-        entries.sort_unstable_by_key(|e| e.0);
+        let entries = cf.locs.sorted_entries();
         let f = cf
             .index_file(vfs, true)?
             .ok_or_else(|| StorageError::Corrupt("index file vanished".into()))?;
@@ -1323,6 +1447,40 @@ impl Drop for DiskStorage {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn overlay_matches_a_map(ops in proptest::collection::vec((0u8..4, 0u64..300, proptest::prelude::any::<bool>()), 0..200)) {
+            let mut o: Overlay<u64> = Overlay::default();
+            let mut m: std::collections::BTreeMap<u64, Option<u64>> = Default::default();
+            for (kind, i, set) in ops {
+                match kind {
+                    0 | 1 => {
+                        let v = if set { Some(i * 3) } else { None };
+                        o.insert(i, v);
+                        m.insert(i, v);
+                    }
+                    2 => {
+                        o.retain(|k| k < i);
+                        m.retain(|k, _| *k < i);
+                    }
+                    _ => {
+                        if i % 7 == 0 {
+                            o.clear();
+                            m.clear();
+                        }
+                    }
+                }
+                for k in 0..310 {
+                    proptest::prop_assert_eq!(o.get(k), m.get(&k).copied());
+                }
+                let entries: Vec<(u64, Option<u64>)> = m.iter().map(|(k, v)| (*k, *v)).collect();
+                proptest::prop_assert_eq!(o.sorted_entries(), entries);
+                proptest::prop_assert_eq!(o.max_key(), m.keys().max().copied());
+                proptest::prop_assert_eq!(o.is_empty(), m.is_empty());
+            }
+        }
+    }
 
     #[test]
     fn straddlers_are_exactly_the_crossing_nodes_below_2l() {
