@@ -148,13 +148,7 @@ impl Storage for MemoryStorage {
         let s = self.lock();
         Ok(s.cores
             .get(core)
-            .map(|c| {
-                c.values
-                    .range(prefix.to_vec()..)
-                    .take_while(|(k, _)| k.starts_with(prefix))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect()
-            })
+            .map(|c| super::prefix_values(&c.values, prefix))
             .unwrap_or_default())
     }
 

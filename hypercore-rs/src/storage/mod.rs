@@ -169,6 +169,18 @@ pub trait Storage: Send + Sync + 'static {
     async fn cores(&self) -> Result<Vec<CoreId>, StorageError>;
 }
 
+/// The entries of a per-core value map whose names start with `prefix`
+/// (shared by all storages).
+pub(crate) fn prefix_values(
+    map: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+    prefix: &[u8],
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    map.range(prefix.to_vec()..)
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// Whether a node survives truncation to `length` (shared rule of all storages).
 pub(crate) fn node_survives(index: u64, length: u64) -> bool {
     flat::in_tree(index, length)
