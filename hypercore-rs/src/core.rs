@@ -591,7 +591,14 @@ impl Core {
             return;
         }
         let mut subs = lock(&self.inner.events);
+        if subs.is_empty() {
+            return;
+        }
         subs.retain(|tx| events.iter().all(|e| tx.unbounded_send(e.clone()).is_ok()));
+    }
+
+    fn has_subscribers(&self) -> bool {
+        !lock(&self.inner.events).is_empty()
     }
 
     fn state_op(&self, rec: &StateRecord) -> Op {
@@ -687,16 +694,21 @@ impl Core {
         {
             let mut s = self.scheduler();
             s.on_local(start_length, length);
-            s.wake_all(Wake::Announce {
-                have: vec![(start_length, length - start_length)],
-                drop: Vec::new(),
-            });
+            // Nothing to build for an announcement nobody hears.
+            if s.peer_count() > 0 {
+                s.wake_all(Wake::Announce {
+                    have: vec![(start_length, length - start_length)],
+                    drop: Vec::new(),
+                });
+            }
         }
         self.maybe_flush().await?;
-        self.emit(vec![Event::Append {
-            length,
-            byte_length,
-        }]);
+        if self.has_subscribers() {
+            self.emit(vec![Event::Append {
+                length,
+                byte_length,
+            }]);
+        }
         Ok(length)
     }
 
