@@ -58,6 +58,7 @@ impl std::fmt::Debug for Bee {
 pub struct BeeBuilder {
     core: Core,
     cache_bytes: usize,
+    remote: Option<std::time::Duration>,
 }
 
 impl BeeBuilder {
@@ -68,14 +69,27 @@ impl BeeBuilder {
         self
     }
 
+    /// Reads a core replicated from peers sparsely: blocks not held locally
+    /// are fetched on demand (only those on the path of each read, each
+    /// verified), waiting at most `timeout` per block; `open` and
+    /// [`Bee::update`] first learn the latest signed length from peers.
+    pub fn remote(mut self, timeout: std::time::Duration) -> Self {
+        self.remote = Some(timeout);
+        self
+    }
+
     /// Opens the bee: writes the header into an empty writable core, checks
     /// it otherwise, and loads the head.
     pub async fn open(self) -> Result<Bee> {
         let store = Store {
             core: self.core.clone(),
             cache: Arc::new(NodeCache::new(self.cache_bytes)),
+            remote: self.remote,
         };
         let core = &self.core;
+        if self.remote.is_some() && !core.writable() {
+            core.update().await?;
+        }
         if core.length() == 0 && core.writable() {
             core.append(&encode_header()).await?;
         }
@@ -114,6 +128,7 @@ impl Bee {
         BeeBuilder {
             core,
             cache_bytes: DEFAULT_CACHE_BYTES,
+            remote: None,
         }
     }
 
@@ -144,6 +159,9 @@ impl Bee {
     /// Re-reads the head from the core (for a bee whose core grows by
     /// replication). Returns whether the version changed.
     pub async fn update(&self) -> Result<bool> {
+        if self.store().remote.is_some() && !self.core().writable() {
+            self.core().update().await?;
+        }
         let _w = self.inner.write.lock().await;
         let head = read_head(self.store()).await?;
         let mut h = self.head();

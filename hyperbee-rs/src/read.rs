@@ -166,14 +166,24 @@ pub(crate) fn above(upper: &Bound<Vec<u8>>, key: &[u8]) -> bool {
 pub(crate) struct Store {
     pub(crate) core: Core,
     pub(crate) cache: Arc<NodeCache>,
+    /// Fetch blocks missing locally from peers, waiting at most this long.
+    pub(crate) remote: Option<std::time::Duration>,
 }
 
 impl Store {
     pub(crate) async fn block(&self, seq: u64) -> Result<Vec<u8>> {
-        self.core
-            .get(seq)
-            .await?
-            .ok_or(Error::BlockNotAvailable(seq))
+        if let Some(b) = self.core.get(seq).await? {
+            return Ok(b);
+        }
+        match self.remote {
+            // Sparse read: only the blocks on the path are fetched, verified.
+            Some(t) => self
+                .core
+                .get_with(seq, hypercore_rs::GetOptions::wait_for(t))
+                .await?
+                .ok_or(Error::BlockNotAvailable(seq)),
+            None => Err(Error::BlockNotAvailable(seq)),
+        }
     }
 
     /// The node at `ptr`, decoded once and then served from the cache.
