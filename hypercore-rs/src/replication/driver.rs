@@ -116,6 +116,15 @@ const MAX_STRIKES: u32 = 10_000;
 /// How many queued frames are handled before scheduling and announcing again.
 const DRAIN: usize = 256;
 
+/// Moves every queued message to the writer.
+fn flush(conn: &mut Connection, out: &mpsc::UnboundedSender<Vec<u8>>) {
+    while let Some(m) = conn.poll_send() {
+        if out.unbounded_send(wire::encode(&m)).is_err() {
+            return;
+        }
+    }
+}
+
 /// Takes the next item if one is ready, without waiting. Unlike
 /// `now_or_never`, it polls with the task's own waker, so a `Pending` leaves
 /// the task registered for wake-ups (a no-op waker would lose them).
@@ -217,7 +226,12 @@ where
                 futures::pin_mut!(next_core);
                 futures::select! {
                     frame = stream.next() => match frame {
-                        None => return Ok(()),
+                        None => {
+                            // The remote stopped sending: hand over what we
+                            // still owe it, then end.
+                            flush(&mut s.conn, &out_tx);
+                            return Ok(());
+                        }
                         Some(Err(e)) => return Err(ReplicationError::Io(e)),
                         Some(Ok(f)) => {
                             s.on_frame(&f).await?;
@@ -228,7 +242,10 @@ where
                                     Some(Some(Ok(f))) => s.on_frame(&f).await?,
                                     Some(Some(Err(e))) => return Err(ReplicationError::Io(e)),
                                     // The remote closed: the session is over.
-                                    Some(None) => return Ok(()),
+                                    Some(None) => {
+                                        flush(&mut s.conn, &out_tx);
+                                        return Ok(());
+                                    }
                                     None => break,
                                 }
                             }
@@ -261,8 +278,16 @@ where
     };
     futures::pin_mut!(writer);
     futures::pin_mut!(logic);
+    let flush_clock = options.clock.clone();
     match futures::future::select(logic, writer).await {
-        futures::future::Either::Left((r, _)) => r,
+        futures::future::Either::Left((r, writer)) => {
+            // Let the writer send what was queued (the logic dropped its
+            // sender, so it ends once drained), but never wait on a peer that
+            // stopped reading for more than a few seconds.
+            let limit = flush_clock.sleep(Duration::from_secs(5));
+            let _ = futures::future::select(writer, limit).await;
+            r
+        }
         futures::future::Either::Right((w, logic)) => {
             w?;
             logic.await
