@@ -127,26 +127,23 @@ impl Storage for Counting {
 #[test]
 fn opening_a_large_core_reads_only_its_roots() {
     block_on(async {
-        let vfs = SimVfs::new();
-        let n = 200_003u64;
+        let dir = tempfile::tempdir().unwrap();
+        let n = 1_000_003u64;
         {
-            let storage =
-                Arc::new(DiskStorage::open_vfs(Arc::new(vfs.clone()), Default::default()).unwrap());
+            let storage = Arc::new(DiskStorage::open(dir.path()).unwrap());
             let core = Core::builder(storage.clone())
                 .key_pair(KeyPair::from_seed([1; 32]))
                 .open()
                 .await
                 .unwrap();
             let blocks: Vec<[u8; 1]> = (0..n).map(|i| [i as u8]).collect();
-            for chunk in blocks.chunks(10_000) {
+            for chunk in blocks.chunks(50_000) {
                 core.append_batch(chunk).await.unwrap();
             }
             core.flush().await.unwrap();
         }
         let storage = Arc::new(Counting {
-            inner: Arc::new(
-                DiskStorage::open_vfs(Arc::new(vfs.clone()), Default::default()).unwrap(),
-            ),
+            inner: Arc::new(DiskStorage::open(dir.path()).unwrap()),
             nodes: AtomicU64::new(0),
             blocks: AtomicU64::new(0),
         });
@@ -160,7 +157,7 @@ fn opening_a_large_core_reads_only_its_roots() {
         assert_eq!(
             nodes,
             u64::from(n.count_ones()),
-            "open read {nodes} nodes: only the roots are needed"
+            "opening a {n}-block core read {nodes} nodes: only its roots are needed"
         );
         assert_eq!(storage.blocks.load(Ordering::Relaxed), 0);
         assert_eq!(core.get(n - 1).await.unwrap(), Some(vec![(n - 1) as u8]));
