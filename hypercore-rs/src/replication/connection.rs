@@ -312,13 +312,21 @@ impl Connection {
 
     /// Closes one of our channels.
     pub fn close(&mut self, channel: u32) {
-        if let Some(c) = self.channels.remove(&channel) {
-            self.by_dkey.remove(&c.discovery_key);
-            if let Some(r) = c.remote {
-                self.by_remote.remove(&r);
-            }
+        if self.forget(channel) {
             self.outbox.push_back(Message::Close { channel });
         }
+    }
+
+    /// Drops a channel and its lookups; false if it was not known.
+    fn forget(&mut self, channel: u32) -> bool {
+        let Some(c) = self.channels.remove(&channel) else {
+            return false;
+        };
+        self.by_dkey.remove(&c.discovery_key);
+        if let Some(r) = c.remote {
+            self.by_remote.remove(&r);
+        }
+        true
     }
 
     fn open_channel(&self, remote: u32) -> Result<u32, ProtocolError> {
@@ -445,20 +453,12 @@ impl Connection {
                 if !self.channels.contains_key(&channel) {
                     return Err(ProtocolError::UnknownChannel);
                 }
-                if let Some(c) = self.channels.remove(&channel) {
-                    self.by_dkey.remove(&c.discovery_key);
-                    if let Some(r) = c.remote {
-                        self.by_remote.remove(&r);
-                    }
-                }
+                self.forget(channel);
                 Some(ConnEvent::Closed { channel })
             }
             Message::Close { channel } => {
                 let id = self.open_channel(channel)?;
-                if let Some(c) = self.channels.remove(&id) {
-                    self.by_dkey.remove(&c.discovery_key);
-                }
-                self.by_remote.remove(&channel);
+                self.forget(id);
                 Some(ConnEvent::Closed { channel: id })
             }
             Message::Sync {
