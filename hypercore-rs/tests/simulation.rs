@@ -1,17 +1,17 @@
 //! Deterministic network simulation: a writer and several readers in a mesh
-//! over in-memory links, a virtual clock, and seeded faults (appends while
-//! syncing, links cut mid-transfer and reconnected, readers restarted from
-//! storage). Properties: every reader ends with exactly the writer's blocks,
+//! over in-memory links with seeded per-message delays, a virtual clock, and
+//! seeded faults (appends while syncing, links cut mid-transfer and
+//! reconnected, readers restarted from storage). Properties: every reader ends with exactly the writer's blocks,
 //! verified, and no block is stored twice by any reader, whatever the faults.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use futures::executor::LocalPool;
 use futures::future::{AbortHandle, Abortable};
 use futures::task::LocalSpawnExt;
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use hypercore_rs::replication::{duplex, ReplicateOptions};
 use hypercore_rs::{
-    Core, Download, Event, KeyPair, ManualClock, MemoryStorage, SeededEntropy, Storage,
+    Clock, Core, Download, Event, KeyPair, ManualClock, MemoryStorage, SeededEntropy, Storage,
 };
 use proptest::prelude::*;
 use std::cell::RefCell;
@@ -65,7 +65,34 @@ impl Sim {
         if self.links.contains_key(&(a, b)) {
             return;
         }
-        let (x, y) = duplex();
+        // Each direction of the link delays every frame by a seeded 0–20 ms of
+        // virtual time (in order), through a relay task.
+        let (x, x_relay) = duplex();
+        let (y_relay, y) = duplex();
+        let (xr_tx, xr_rx) = x_relay.split();
+        let (yr_tx, yr_rx) = y_relay.split();
+        for (mut rx, mut tx, seed) in [
+            (xr_rx, yr_tx, self.seed ^ 0x5555),
+            (yr_rx, xr_tx, self.seed ^ 0xaaaa),
+        ] {
+            let clock = self.clock.clone();
+            self.pool
+                .spawner()
+                .spawn_local(async move {
+                    let mut rng = Rng(seed | 1);
+                    while let Some(Ok(frame)) = rx.next().await {
+                        let delay = rng.below(21);
+                        if delay > 0 {
+                            clock.sleep(Duration::from_millis(delay)).await;
+                        }
+                        if tx.send(frame).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = tx.close().await;
+                })
+                .unwrap();
+        }
         let (ca, cb) = (self.core(a), self.core(b));
         let (h1, r1) = AbortHandle::new_pair();
         let (h2, r2) = AbortHandle::new_pair();
@@ -136,10 +163,20 @@ impl Sim {
         self.readers[r].core = core;
     }
 
+    /// Runs and advances virtual time until every reader holds every block
+    /// (or a generous bound passes; the caller's assertions then fail).
     fn settle(&mut self) {
-        for _ in 0..5 {
+        let len = self.writer.length();
+        for _ in 0..20_000 {
             self.pool.run_until_stalled();
-            self.clock.advance(Duration::from_millis(100));
+            if self
+                .readers
+                .iter()
+                .all(|p| p.core.length() == len && p.core.contiguous_length() == len)
+            {
+                break;
+            }
+            self.clock.advance(Duration::from_millis(5));
         }
         self.pool.run_until_stalled();
     }
@@ -268,7 +305,9 @@ fn run(seed: u64, readers: usize, steps: usize) -> (u64, u64) {
 #[test]
 fn a_few_fixed_seeds() {
     let (mut cuts, mut restarts) = (0, 0);
-    for seed in [1u64, 2, 3, 42, 1234] {
+    // 9419876858529410702 once left a reader stuck: a session aborted with an
+    // upgrade in flight kept its claim in the shared scheduler.
+    for seed in [9419876858529410702u64, 1, 2, 3, 42, 1234] {
         let (c, r) = run(seed, 4, 120);
         cuts += c;
         restarts += r;

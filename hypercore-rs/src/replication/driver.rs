@@ -295,6 +295,14 @@ where
     }
 }
 
+impl Drop for Session {
+    fn drop(&mut self) {
+        // A session dropped mid-flight (an aborted or timed-out future) must
+        // release its peers' claims in the shared schedulers.
+        self.detach_all();
+    }
+}
+
 impl Session {
     async fn on_frame(&mut self, frame: &[u8]) -> Result<(), ReplicationError> {
         let msg = wire::decode(frame).map_err(ProtocolError::from)?;

@@ -90,18 +90,33 @@ impl Scheduler {
     }
 
     pub(crate) fn remove_peer(&mut self, peer: u64) {
+        self.forget_peer(peer);
+        self.wake_all(Wake::Schedule);
+        self.check_update();
+    }
+
+    /// Drops a peer and everything it had claimed (blocks in flight, the
+    /// upgrade), so other peers can be asked instead.
+    fn forget_peer(&mut self, peer: u64) {
         self.peers.remove(&peer);
         self.inflight.retain(|_, p| *p != peer);
         if self.upgrading == Some(peer) {
             self.upgrading = None;
         }
-        self.wake_all(Wake::Schedule);
-        self.check_update();
     }
 
     pub(crate) fn wake_all(&mut self, w: Wake) {
-        self.peers
-            .retain(|_, p| p.wake.unbounded_send(w.clone()).is_ok());
+        // A peer whose session is gone (its receiver dropped) is forgotten,
+        // with its claims.
+        let gone: Vec<u64> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.wake.unbounded_send(w.clone()).is_err())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.forget_peer(id);
+        }
     }
 
     pub(crate) fn add_want(&mut self, start: u64, end: u64) -> u64 {
