@@ -467,6 +467,19 @@ impl CoreBuilder {
     }
 }
 
+/// The core key recorded in storage for the core with this discovery key,
+/// if the storage holds that core (its info record is the one place that
+/// knows the layout).
+pub(crate) async fn stored_key(
+    storage: &dyn Storage,
+    discovery_key: &Hash,
+) -> Result<Option<Hash>> {
+    match storage.value(discovery_key, INFO).await? {
+        Some(bytes) => Ok(Some(decode::<InfoRecord>(&bytes, "core info")?.key)),
+        None => Ok(None),
+    }
+}
+
 fn corrupt(what: &str) -> Error {
     Error::Storage(crate::error::StorageError::Corrupt(what.to_string()))
 }
@@ -506,8 +519,16 @@ impl Core {
         lock(&self.inner.scheduler)
     }
 
-    fn announce(&self, have: Vec<(u64, u64)>, drop: Vec<(u64, u64)>) {
-        self.scheduler().wake_all(Wake::Announce { have, drop });
+    /// Tells connected peers what changed locally (nothing is built when no
+    /// peer is connected).
+    fn announce(&self, have: &[(u64, u64)], drop: &[(u64, u64)]) {
+        let mut s = self.scheduler();
+        if s.peer_count() > 0 {
+            s.wake_all(Wake::Announce {
+                have: have.to_vec(),
+                drop: drop.to_vec(),
+            });
+        }
     }
 
     /// The core key (share it with readers; it lets them verify everything).
@@ -691,17 +712,8 @@ impl Core {
             s.rec = rec;
             s.roots = roots;
         }
-        {
-            let mut s = self.scheduler();
-            s.on_local(start_length, length);
-            // Nothing to build for an announcement nobody hears.
-            if s.peer_count() > 0 {
-                s.wake_all(Wake::Announce {
-                    have: vec![(start_length, length - start_length)],
-                    drop: Vec::new(),
-                });
-            }
-        }
+        self.scheduler().on_local(start_length, length);
+        self.announce(&[(start_length, length - start_length)], &[]);
         self.maybe_flush().await?;
         if self.has_subscribers() {
             self.emit(vec![Event::Append {
@@ -907,7 +919,7 @@ impl Core {
             s.roots = roots;
         }
         self.scheduler().on_local_truncated(length);
-        self.announce(Vec::new(), Vec::new());
+        self.announce(&[], &[]);
         self.maybe_flush().await?;
         self.emit(vec![Event::Truncate { length, fork }]);
         Ok(())
@@ -954,7 +966,7 @@ impl Core {
         self.inner.storage.write(batch).await?;
         self.state().rec.contiguous_length = rec.contiguous_length;
         self.scheduler().on_local_dropped(start, end);
-        self.announce(Vec::new(), vec![(start, end - start)]);
+        self.announce(&[], &[(start, end - start)]);
         // Space is given back once the clear is durable.
         self.inner.storage.flush().await?;
         Ok(())

@@ -186,10 +186,9 @@ impl Corestore {
                 return Ok(Some(c.clone()));
             }
         }
-        let Some(info) = self.shared.storage.value(&dkey, b"info").await? else {
+        let Some(key) = crate::core::stored_key(self.shared.storage.as_ref(), &dkey).await? else {
             return Ok(None);
         };
-        let key = core_key_of(&info)?;
         if discovery_key(&key) != dkey {
             return Ok(None);
         }
@@ -205,8 +204,8 @@ impl Corestore {
     pub async fn list(&self) -> Result<Vec<Hash>> {
         let mut out = Vec::new();
         for id in self.shared.storage.cores().await? {
-            if let Some(info) = self.shared.storage.value(&id, b"info").await? {
-                out.push(core_key_of(&info)?);
+            if let Some(key) = crate::core::stored_key(self.shared.storage.as_ref(), &id).await? {
+                out.push(key);
             }
         }
         Ok(out)
@@ -301,19 +300,4 @@ impl crate::replication::CoreProvider for Corestore {
             .push(tx);
         Some(rx)
     }
-}
-
-fn core_key_of(info: &[u8]) -> Result<Hash> {
-    // The info record starts with a version byte and then the 32-byte key.
-    #[derive(serde::Deserialize)]
-    struct Head {
-        _version: u8,
-        key: Hash,
-    }
-    let h: Head = postcard::from_bytes(info).map_err(|_| {
-        Error::Storage(crate::error::StorageError::Corrupt(
-            "core info does not decode".into(),
-        ))
-    })?;
-    Ok(h.key)
 }

@@ -386,14 +386,6 @@ impl Connection {
         });
     }
 
-    /// Requests still unanswered on a channel.
-    pub fn pending(&self, channel: u32) -> Vec<Pending> {
-        self.channels
-            .get(&channel)
-            .map(|c| c.requests.values().copied().collect())
-            .unwrap_or_default()
-    }
-
     /// Handles one message from the remote.
     pub fn handle(&mut self, msg: Message) -> Result<Vec<ConnEvent>, ProtocolError> {
         let msg = match msg {

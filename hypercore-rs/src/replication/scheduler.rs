@@ -234,9 +234,7 @@ impl Scheduler {
     /// Blocks became local.
     pub(crate) fn on_local(&mut self, start: u64, end: u64) {
         self.local.insert(start, end);
-        for b in start..end.min(start + 4096) {
-            self.inflight.remove(&b);
-        }
+        self.inflight.retain(|b, _| *b < start || *b >= end);
         self.fire_waiters();
     }
 

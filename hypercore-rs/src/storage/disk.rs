@@ -332,24 +332,28 @@ impl CoreFiles {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn file<'a>(
-        slot: &'a mut Option<Box<dyn VfsFile>>,
+    /// Opens (or, with `create`, creates) one of the core's files by name:
+    /// `"data"`, `"tree"` or `"index"`; `None` if it does not exist.
+    fn file(
+        &mut self,
         vfs: &dyn Vfs,
-        path: String,
-        create: bool,
-        created: &mut bool,
-        absent: &mut HashSet<&'static str>,
         name: &'static str,
-    ) -> Result<Option<&'a dyn VfsFile>, StorageError> {
+        create: bool,
+    ) -> Result<Option<&dyn VfsFile>, StorageError> {
+        let slot = match name {
+            "data" => &mut self.data,
+            "tree" => &mut self.tree,
+            _ => &mut self.index,
+        };
         if slot.is_none() {
-            if !create && (absent.contains(name) || !vfs.exists(&path)) {
-                absent.insert(name);
+            let path = format!("{}/{name}", self.dir);
+            if !create && (self.absent.contains(name) || !vfs.exists(&path)) {
+                self.absent.insert(name);
                 return Ok(None);
             }
-            absent.remove(name);
+            self.absent.remove(name);
             if create && !vfs.exists(&path) {
-                *created = true;
+                self.created = true;
             }
             *slot = Some(
                 vfs.open(&path, create)
@@ -364,48 +368,23 @@ impl CoreFiles {
         vfs: &dyn Vfs,
         create: bool,
     ) -> Result<Option<&dyn VfsFile>, StorageError> {
-        let p = format!("{}/data", self.dir);
-        Self::file(
-            &mut self.data,
-            vfs,
-            p,
-            create,
-            &mut self.created,
-            &mut self.absent,
-            "data",
-        )
+        self.file(vfs, "data", create)
     }
+
     fn tree_file(
         &mut self,
         vfs: &dyn Vfs,
         create: bool,
     ) -> Result<Option<&dyn VfsFile>, StorageError> {
-        let p = format!("{}/tree", self.dir);
-        Self::file(
-            &mut self.tree,
-            vfs,
-            p,
-            create,
-            &mut self.created,
-            &mut self.absent,
-            "tree",
-        )
+        self.file(vfs, "tree", create)
     }
+
     fn index_file(
         &mut self,
         vfs: &dyn Vfs,
         create: bool,
     ) -> Result<Option<&dyn VfsFile>, StorageError> {
-        let p = format!("{}/index", self.dir);
-        Self::file(
-            &mut self.index,
-            vfs,
-            p,
-            create,
-            &mut self.created,
-            &mut self.absent,
-            "index",
-        )
+        self.file(vfs, "index", create)
     }
 
     fn node(&mut self, vfs: &dyn Vfs, index: u64) -> Result<Option<Node>, StorageError> {
@@ -459,12 +438,9 @@ impl CoreFiles {
         let len = match cached {
             Some(l) => l,
             None => {
-                let f = if which == "tree" {
-                    self.tree_file(vfs, false)?
-                } else {
-                    self.index_file(vfs, false)?
+                let Some(f) = self.file(vfs, which, false)? else {
+                    return Ok(false);
                 };
-                let Some(f) = f else { return Ok(false) };
                 let l = f
                     .len()
                     .map_err(|e| io_err("stat", &format!("{}/{which}", self.dir), e))?;
@@ -479,12 +455,9 @@ impl CoreFiles {
         if off + buf.len() as u64 > len {
             return Ok(false);
         }
-        let f = if which == "tree" {
-            self.tree_file(vfs, false)?
-        } else {
-            self.index_file(vfs, false)?
+        let Some(f) = self.file(vfs, which, false)? else {
+            return Ok(false);
         };
-        let Some(f) = f else { return Ok(false) };
         f.read_at(buf, off)
             .map_err(|e| io_err("read", &format!("{}/{which}", self.dir), e))?;
         Ok(true)

@@ -8,7 +8,7 @@
 )]
 
 use hypercore_rs::storage::vfs::SimVfs;
-use hypercore_rs::{Core, DiskOptions, DiskStorage, ProofRequest, Storage, UpgradeRequest};
+use hypercore_rs::{Core, DiskOptions, DiskStorage, ProofRequest, UpgradeRequest};
 use std::sync::Arc;
 
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -54,10 +54,6 @@ pub async fn sync_all(writer: &Core, reader: &Core) {
             reader.verify(&proof).await.unwrap();
         }
     }
-}
-
-pub fn dyn_storage<S: Storage>(s: Arc<S>) -> Arc<dyn Storage> {
-    s
 }
 
 /// Like `sync_all` but skips blocks the holder does not have.
