@@ -1285,7 +1285,16 @@ impl Core {
                 .block(&self.inner.id, b.index)
                 .await?
                 .ok_or(Error::NotAvailable(b.index))?;
-            let nodes = self.siblings(b.index * 2, b.nodes, tree_length).await?;
+            // Without an upgrade the requester verifies against its own
+            // (possibly shorter) tree: `nodes == 0` then means its leaf is one
+            // of its roots, so no sibling is wanted. Walking up to a root of
+            // our longer tree would pass its root ("path continues past a
+            // root") whenever we appended since it last upgraded.
+            let nodes = if b.nodes == 0 && req.upgrade.is_none() {
+                Vec::new()
+            } else {
+                self.siblings(b.index * 2, b.nodes, tree_length).await?
+            };
             proof.block = Some(BlockProof {
                 index: b.index,
                 value,
