@@ -23,11 +23,12 @@
 use super::vfs::{StdVfs, Vfs, VfsFile};
 use super::{node_survives, Batch, CoreId, Op, Storage};
 use crate::error::StorageError;
+use crate::fast_hash::FastMap;
 use crate::flat;
 use crate::hash::Node;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -39,33 +40,6 @@ const NODE_SLOT: u64 = 48;
 const LOC_SLOT: u64 = 24;
 const PRESENT: u32 = 0x5052_5331; // "PRS1"
 const MAX_WAL_RECORD: usize = 256 << 20;
-
-/// Hashes keys that are already uniformly distributed (block and node
-/// indices after mixing, core ids that are BLAKE3 outputs) cheaply; the
-/// overlay maps sit on the append and read hot paths.
-#[derive(Default, Clone, Copy)]
-struct FastHasher(u64);
-
-impl std::hash::Hasher for FastHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut a = [0u8; 8];
-            a[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(a));
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-}
-
-type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
 
 /// A slot of the dense part of an [`Overlay`].
 #[derive(Clone, Copy, Debug)]
@@ -623,9 +597,9 @@ fn straddling(length: u64) -> Vec<u64> {
 /// What a batch has changed so far, while its WAL record is being built.
 #[derive(Default)]
 struct BatchView {
-    locs: HashMap<(CoreId, u64), Option<Loc>>,
-    upper: HashMap<CoreId, u64>,
-    limit: HashMap<CoreId, u64>,
+    locs: FastMap<(CoreId, u64), Option<Loc>>,
+    upper: FastMap<CoreId, u64>,
+    limit: FastMap<CoreId, u64>,
 }
 
 struct Engine {
