@@ -1,15 +1,24 @@
 //! A cheap hasher for keys that are small integers or already uniform bytes
-//! (block and node indices, core ids that are BLAKE3 outputs), for maps on
-//! the append, verify and replication hot paths. It must never key a map
-//! whose keys a remote peer can choose to collide on purpose in bulk without
-//! a bound on the map's size: every map using it is bounded by a window, a
-//! batch or the local store.
+//! (block and node indices, core ids that are BLAKE3 outputs, positions in a
+//! log), for maps on the append, verify and replication hot paths of this
+//! crate and the crates above it. Not collision resistant: it must never key
+//! a map whose keys a remote peer chooses freely and whose size that peer
+//! controls; every map using it is bounded by a window, a batch, a cache
+//! budget or the local store.
+//!
+//! ```
+//! use hypercore_rs::fast_hash::FastMap;
+//!
+//! let mut m: FastMap<u64, &str> = FastMap::default();
+//! m.insert(7, "seven");
+//! assert_eq!(m.get(&7), Some(&"seven"));
+//! ```
 
 use std::collections::{HashMap, HashSet};
 
 /// Multiply-rotate mixing of 64-bit words (the FxHash idea).
 #[derive(Default, Clone, Copy)]
-pub(crate) struct FastHasher(u64);
+pub struct FastHasher(u64);
 
 impl std::hash::Hasher for FastHasher {
     fn finish(&self) -> u64 {
@@ -34,9 +43,9 @@ impl std::hash::Hasher for FastHasher {
 }
 
 /// A `HashMap` with [`FastHasher`].
-pub(crate) type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
+pub type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
 /// A `HashSet` with [`FastHasher`].
-pub(crate) type FastSet<K> = HashSet<K, std::hash::BuildHasherDefault<FastHasher>>;
+pub type FastSet<K> = HashSet<K, std::hash::BuildHasherDefault<FastHasher>>;
 
 #[cfg(test)]
 mod tests {

@@ -42,7 +42,7 @@ mod corestore;
 mod encryption;
 mod entropy;
 mod error;
-mod fast_hash;
+pub mod fast_hash;
 pub mod flat;
 pub mod hash;
 mod manifest;
