@@ -649,6 +649,25 @@ impl Core {
         I: IntoIterator<Item = B>,
         B: AsRef<[u8]>,
     {
+        self.append_blocks(blocks.into_iter().map(Block::Borrowed))
+            .await
+    }
+
+    /// Like [`Core::append_batch`], but takes the blocks by value: an
+    /// unencrypted core stores them without copying them first.
+    pub async fn append_owned<I>(&self, blocks: I) -> Result<u64>
+    where
+        I: IntoIterator<Item = Vec<u8>>,
+    {
+        self.append_blocks(blocks.into_iter().map(Block::<Vec<u8>>::Owned))
+            .await
+    }
+
+    async fn append_blocks<I, B>(&self, blocks: I) -> Result<u64>
+    where
+        I: Iterator<Item = Block<B>>,
+        B: AsRef<[u8]>,
+    {
         let _w = self.inner.write_lock.lock().await;
         if !self.writable() {
             return Err(Error::NotWritable);
@@ -664,14 +683,14 @@ impl Core {
         let mut batch = Batch::new();
         let start_length = rec.length;
         for block in blocks {
-            let block = block.as_ref();
-            if block.len() > MAX_BLOCK_SIZE {
-                return Err(Error::BlockTooLarge(block.len()));
+            let len = block.as_slice().len();
+            if len > MAX_BLOCK_SIZE {
+                return Err(Error::BlockTooLarge(len));
             }
             let index = rec.length;
             let data = match &self.inner.encryption {
-                Some(e) => e.encrypt(index, rec.fork, block),
-                None => block.to_vec(),
+                Some(e) => e.encrypt(index, rec.fork, block.as_slice()),
+                None => block.into_vec(),
             };
             let leaf = Node::leaf(index, &data);
             batch.push(Op::PutNode {
@@ -1777,6 +1796,29 @@ impl Core {
             Some(t) if t == top => Ok(()),
             Some(_) => Err(ProofError::Mismatch.into()),
             None => Err(ProofError::Unanchored.into()),
+        }
+    }
+}
+
+/// A block handed to `append_blocks`: borrowed (copied once when stored)
+/// or owned (moved into storage).
+enum Block<B> {
+    Borrowed(B),
+    Owned(Vec<u8>),
+}
+
+impl<B: AsRef<[u8]>> Block<B> {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Block::Borrowed(b) => b.as_ref(),
+            Block::Owned(v) => v,
+        }
+    }
+
+    fn into_vec(self) -> Vec<u8> {
+        match self {
+            Block::Borrowed(b) => b.as_ref().to_vec(),
+            Block::Owned(v) => v,
         }
     }
 }
