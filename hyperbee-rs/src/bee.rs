@@ -780,6 +780,7 @@ impl Batch {
         let flush = self.tree.finish(self.base, &self.ops);
         let version = core.append_batch(&flush.blocks).await?;
         let cache = &self.bee.store().cache;
+        cache.remove_superseded(&flush.superseded);
         for (p, n) in flush.written {
             cache.insert(p, n);
         }

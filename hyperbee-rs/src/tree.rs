@@ -39,6 +39,8 @@ pub(crate) struct Flush {
     pub(crate) blocks: Vec<Vec<u8>>,
     pub(crate) root: Option<Ptr>,
     pub(crate) written: Vec<(Ptr, Arc<Node>)>,
+    /// Stored nodes this flush rewrote: the new head no longer uses them.
+    pub(crate) superseded: Vec<Ptr>,
 }
 
 /// One put (`Some` value) or del of a batch, in order.
@@ -49,6 +51,8 @@ pub(crate) struct WorkTree {
     root: Option<Child>,
     cache: Arc<NodeCache>,
     pinned: HashMap<Ptr, Arc<Node>>,
+    /// Stored nodes copied into the arena (replaced by their copies).
+    copied: Vec<Ptr>,
 }
 
 fn cap(n: &Node) -> usize {
@@ -66,6 +70,7 @@ impl WorkTree {
             root: root.map(Child::Stored),
             cache,
             pinned: HashMap::new(),
+            copied: Vec::new(),
         }
     }
 
@@ -96,6 +101,7 @@ impl WorkTree {
             Some(Child::Stored(p)) => {
                 let n = self.lookup(p)?;
                 self.arena.push((*n).clone());
+                self.copied.push(p);
                 let i = self.arena.len() - 1;
                 self.root = Some(Child::Dirty(i));
                 Ok(Some(i))
@@ -118,6 +124,7 @@ impl WorkTree {
                     return Err(Self::level_error(p));
                 }
                 self.arena.push((*n).clone());
+                self.copied.push(p);
                 let j = self.arena.len() - 1;
                 self.arena[parent].children[i] = Child::Dirty(j);
                 Ok(j)
@@ -528,6 +535,7 @@ impl WorkTree {
             blocks,
             root,
             written,
+            superseded: self.copied,
         }
     }
 }
