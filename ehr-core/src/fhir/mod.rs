@@ -12,7 +12,7 @@ mod date;
 mod types;
 
 pub(crate) use bundle::plan_import;
-pub use bundle::{BundleType, ImportError, PlannedEntry};
+pub use bundle::{BundleType, ImportError, ImportErrorKind, PlannedEntry};
 pub(crate) use date::date_key;
 pub use date::{format_instant, parse_fhir_date};
 pub use types::{is_resource_type, RESOURCE_TYPES};
