@@ -431,7 +431,7 @@ async fn plan_put<K: Kv + ?Sized>(
     }
     let head: Option<HeadRec> =
         get_rec(kv, &view::head_key(&target.resource_type, &target.id)).await?;
-    let live = head.as_ref().filter(|h| !h.deleted);
+    let live = head.as_ref().filter(|h| !h.deleted());
     let action = if live.is_some() {
         Action::Update
     } else {
@@ -478,7 +478,7 @@ async fn plan_delete<K: Kv + ?Sized>(
 ) -> Result<Result<Write, Rejection>, KvError> {
     let head: Option<HeadRec> =
         get_rec(kv, &view::head_key(&target.resource_type, &target.id)).await?;
-    let Some(h) = head.as_ref().filter(|h| !h.deleted) else {
+    let Some(h) = head.as_ref().filter(|h| !h.deleted()) else {
         return Ok(Err(Rejection::NotFound {
             target: target.to_string(),
             entry,
@@ -507,10 +507,9 @@ async fn plan_delete<K: Kv + ?Sized>(
 async fn write<K: Kv + ?Sized>(kv: &mut K, ctx: &Ctx, w: Write) -> Result<(), KvError> {
     let (ty, id) = (&w.target.resource_type, &w.target.id);
     let version = w.head.as_ref().map_or(0, |h| h.version) + 1;
-    let live = w.head.as_ref().filter(|h| !h.deleted);
     let conflicts = match (&w.head, w.expect) {
         (None, _) | (_, Expect::Any) => Vec::new(),
-        (Some(h), Expect::Absent) if h.deleted => Vec::new(),
+        (Some(h), Expect::Absent) if h.deleted() => Vec::new(),
         (Some(h), Expect::Version(v)) if v == h.version => Vec::new(),
         (Some(h), _) => {
             let mut c = h.conflicts.clone();
@@ -518,10 +517,18 @@ async fn write<K: Kv + ?Sized>(kv: &mut K, ctx: &Ctx, w: Write) -> Result<(), Kv
             c
         }
     };
-    if let Some(h) = live {
-        for k in view::index_keys(ty, id, &h.author, &h.fields) {
-            kv.del(&k).await?;
+    if let Some(old) = w.head {
+        if !old.deleted() {
+            for k in view::index_keys(ty, id, &old.current.author, &old.fields) {
+                kv.del(&k).await?;
+            }
         }
+        // The superseded version moves into the history.
+        kv.put(
+            &view::version_key(ty, id, old.version),
+            &encode(&old.current),
+        )
+        .await?;
     }
     let fields = w
         .body
@@ -529,27 +536,22 @@ async fn write<K: Kv + ?Sized>(kv: &mut K, ctx: &Ctx, w: Write) -> Result<(), Kv
         .map(|r| Fields::of(r.info()))
         .unwrap_or_default();
     let deleted = w.body.is_none();
-    let rec = VersionRec {
-        author: ctx.writer,
-        seq: ctx.seq,
-        time: ctx.time,
-        deleted,
-        body: w.body.map(Resource::into_bytes).unwrap_or_default(),
-    };
-    kv.put(&view::version_key(ty, id, version), &encode(&rec))
-        .await?;
     if !deleted {
         for k in view::index_keys(ty, id, &ctx.writer, &fields) {
-            kv.put(&k, &version.to_be_bytes()).await?;
+            kv.put(&k, &[]).await?;
         }
     }
     let head = HeadRec {
         version,
-        author: ctx.writer,
-        time: ctx.time,
-        deleted,
         conflicts,
         fields,
+        current: VersionRec {
+            author: ctx.writer,
+            seq: ctx.seq,
+            time: ctx.time,
+            deleted,
+            body: w.body.map(Resource::into_bytes).unwrap_or_default(),
+        },
     };
     kv.put(&view::head_key(ty, id), &encode(&head)).await
 }

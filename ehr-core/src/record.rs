@@ -506,11 +506,16 @@ impl Record {
         id: &str,
         version: u64,
     ) -> Result<Option<Version>, Error> {
-        let key = view::version_key(ty, id, version);
-        let Some(rec) = self.read_rec::<VersionRec>(snap, &key).await? else {
-            return Ok(None);
-        };
-        Ok(Some(version_of(ty, id, version, rec)))
+        match self.read_head(snap, ty, id).await? {
+            None => Ok(None),
+            Some(h) if h.version == version => Ok(Some(version_of(ty, id, version, h.current))),
+            Some(h) if version > h.version => Ok(None),
+            Some(_) => {
+                let key = view::version_key(ty, id, version);
+                let rec = self.read_rec::<VersionRec>(snap, &key).await?;
+                Ok(rec.map(|rec| version_of(ty, id, version, rec)))
+            }
+        }
     }
 
     /// Creates or replaces a resource. Without an `id` it gets a new one.
@@ -531,7 +536,7 @@ impl Record {
         let ty = res.resource_type().to_owned();
         let head = self.read_head(&self.snapshot(), &ty, &id).await?;
         let expect = match head {
-            Some(h) if !h.deleted => Expect::Version(h.version),
+            Some(h) if !h.deleted() => Expect::Version(h.version),
             _ => Expect::Absent,
         };
         self.put_expecting(res, expect).await
@@ -574,7 +579,7 @@ impl Record {
         };
         let head = self.read_head(&self.snapshot(), resource_type, id).await?;
         let expect = match head {
-            Some(h) if !h.deleted => Expect::Version(h.version),
+            Some(h) if !h.deleted() => Expect::Version(h.version),
             _ => return Err(Error::NotFound(target.to_string())),
         };
         self.submit(OpBody::Delete {
@@ -587,11 +592,10 @@ impl Record {
 
     /// The latest live version of a resource (`None` if absent or deleted).
     pub async fn get(&self, resource_type: &str, id: &str) -> Result<Option<Version>, Error> {
-        let snap = self.snapshot();
-        match self.read_head(&snap, resource_type, id).await? {
-            Some(h) if !h.deleted => self.read_version(&snap, resource_type, id, h.version).await,
-            _ => Ok(None),
-        }
+        let head = self.read_head(&self.snapshot(), resource_type, id).await?;
+        Ok(head
+            .filter(|h| !h.deleted())
+            .map(|h| version_of(resource_type, id, h.version, h.current)))
     }
 
     /// The latest state of a resource, with conflict markers.
@@ -599,10 +603,10 @@ impl Record {
         let h = self.read_head(&self.snapshot(), resource_type, id).await?;
         Ok(h.map(|h| Head {
             version: h.version,
-            deleted: h.deleted,
+            deleted: h.current.deleted,
             conflicts: h.conflicts,
-            author: h.author,
-            time: h.time,
+            author: h.current.author,
+            time: h.current.time,
         }))
     }
 
@@ -619,13 +623,17 @@ impl Record {
 
     /// Every version of a resource, newest first (deletes included).
     pub async fn history(&self, resource_type: &str, id: &str) -> Result<Vec<Version>, Error> {
+        let snap = self.snapshot();
+        let Some(head) = self.read_head(&snap, resource_type, id).await? else {
+            return Ok(Vec::new());
+        };
         let prefix = view::version_prefix(resource_type, id);
-        let entries = self
-            .snapshot()
+        let entries = snap
             .range(Range::all().prefix(&prefix).reverse())
             .collect()
             .await?;
-        let mut out = Vec::with_capacity(entries.len());
+        let mut out = Vec::with_capacity(entries.len() + 1);
+        out.push(version_of(resource_type, id, head.version, head.current));
         for e in entries {
             let v = e
                 .key
@@ -698,15 +706,12 @@ impl Record {
             let id = view::index_id(prefix.len(), &e.key)
                 .ok_or_else(|| corrupt(&e.key))?
                 .to_owned();
-            let version = <[u8; 8]>::try_from(e.value.as_slice())
-                .map(u64::from_be_bytes)
-                .map_err(|_| corrupt(&e.key))?;
             last = Some(e.key);
+            let h = self
+                .read_head(&snap, ty, &id)
+                .await?
+                .ok_or_else(|| corrupt(b"index entry without a head"))?;
             if needs_filter {
-                let h = self
-                    .read_head(&snap, ty, &id)
-                    .await?
-                    .ok_or_else(|| corrupt(b"index without head"))?;
                 let f = &h.fields;
                 if q.code.as_ref().is_some_and(|c| !f.codes.contains(c))
                     || q.category
@@ -715,15 +720,12 @@ impl Record {
                     || q.encounter
                         .as_ref()
                         .is_some_and(|e| f.encounter.as_ref() != Some(e))
-                    || q.author.is_some_and(|a| h.author != a)
+                    || q.author.is_some_and(|a| h.current.author != a)
                 {
                     continue;
                 }
             }
-            let v = self
-                .read_version(&snap, ty, &id, version)
-                .await?
-                .ok_or_else(|| corrupt(b"index without version"))?;
+            let v = version_of(ty, &id, h.version, h.current);
             entries.push(v);
             if entries.len() == limit {
                 break;
@@ -743,13 +745,11 @@ impl Record {
         let mut out = Vec::new();
         for e in heads {
             let h: HeadRec = decode(&e.value).ok_or_else(|| corrupt(&e.key))?;
-            if h.deleted {
+            if h.deleted() {
                 continue;
             }
             let id = std::str::from_utf8(&e.key[prefix.len()..]).map_err(|_| corrupt(&e.key))?;
-            if let Some(v) = self.read_version(snap, ty, id, h.version).await? {
-                out.push(v);
-            }
+            out.push(version_of(ty, id, h.version, h.current));
         }
         Ok(out)
     }
@@ -779,15 +779,13 @@ impl Record {
         let mut out = Vec::with_capacity(heads.len());
         for e in heads {
             let h: HeadRec = decode(&e.value).ok_or_else(|| corrupt(&e.key))?;
-            if h.deleted {
+            if h.deleted() {
                 continue;
             }
             let path =
                 std::str::from_utf8(&e.key[view::HEADS.len()..]).map_err(|_| corrupt(&e.key))?;
             let (ty, id) = path.split_once('/').ok_or_else(|| corrupt(&e.key))?;
-            if let Some(v) = self.read_version(&snap, ty, id, h.version).await? {
-                out.push(v);
-            }
+            out.push(version_of(ty, id, h.version, h.current));
         }
         let patient = self.patient_id();
         out.sort_by_key(|v| !(v.target.resource_type == "Patient" && v.target.id == patient));

@@ -9,8 +9,8 @@
 //! | `m/genesis` | [`GenesisRec`] |
 //! | `m/clock` | the latest owner-claimed time (u64 BE) |
 //! | `w/<writer>` | [`WriterRec`] |
-//! | `r/<Type>/<id>` | [`HeadRec`]: latest version, conflicts, indexed fields |
-//! | `v/<Type>/<id>/<version u64 BE>` | [`VersionRec`]: author, time, bytes |
+//! | `r/<Type>/<id>` | [`HeadRec`]: the latest version, conflicts, indexed fields |
+//! | `v/<Type>/<id>/<version u64 BE>` | [`VersionRec`]: an older version |
 //! | `x/<kind>/<Type>\0<value>\0<date>` + id | index entry (empty value) |
 //! | `j/<writer><seq u64 BE>` | [`RejectedRec`] |
 
@@ -98,19 +98,24 @@ impl Fields {
     }
 }
 
-/// The latest state of one resource.
+/// The latest state of one resource, including its latest version (so a
+/// read is one lookup, and a create writes the bytes once).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct HeadRec {
     pub(crate) version: u64,
-    pub(crate) author: WriterKey,
-    pub(crate) time: u64,
-    pub(crate) deleted: bool,
     /// Versions overwritten by a writer that had not seen them.
     pub(crate) conflicts: Vec<u64>,
     pub(crate) fields: Fields,
+    pub(crate) current: VersionRec,
 }
 
-/// One version of one resource.
+impl HeadRec {
+    pub(crate) fn deleted(&self) -> bool {
+        self.current.deleted
+    }
+}
+
+/// One version of one resource (under `v/` once a newer one exists).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct VersionRec {
     pub(crate) author: WriterKey,

@@ -328,18 +328,17 @@ pub(crate) fn plan_import(
                 target,
                 assign_id,
             } => {
-                if assign_id {
-                    res = res.with_id(&target.id).map_err(|k| fail(k.into()))?;
-                }
                 let mut missing = None;
                 res = res
-                    .rewrite_references(|r| match targets.get(r) {
-                        Some(t) => Some(t.clone()),
-                        None => {
-                            if r.starts_with("urn:") && missing.is_none() {
-                                missing = Some(r.to_owned());
+                    .edit(assign_id.then_some(target.id.as_str()), |r| {
+                        match targets.get(r) {
+                            Some(t) => Some(t.clone()),
+                            None => {
+                                if r.starts_with("urn:") && missing.is_none() {
+                                    missing = Some(r.to_owned());
+                                }
+                                None
                             }
-                            None
                         }
                     })
                     .map_err(|k| fail(k.into()))?;

@@ -493,44 +493,46 @@ impl Resource {
     }
 
     /// A copy with the top-level `id` set to `id` (replaced if present,
-    /// otherwise inserted first after `resourceType`'s object brace). Every
-    /// other byte is unchanged.
+    /// otherwise inserted first in the object). Every other byte is
+    /// unchanged.
     pub fn with_id(&self, id: &str) -> Result<Resource, FhirError> {
-        if !valid_id(id) {
-            return Err(FhirError::InvalidId(id.to_owned()));
-        }
-        let text = &self.bytes;
-        let toks = json::strings(text);
-        let existing = toks
-            .iter()
-            .find(|t| t.depth == 1 && json::is_value_of(text, t, "id"));
-        let bytes = match existing {
-            Some(t) => json::splice(text, &[(t.span.clone(), json::quote(id))]),
-            None => {
-                let open = text.iter().position(|&b| b == b'{').unwrap_or(0) + 1;
-                let mut field = b"\"id\":".to_vec();
-                field.extend(json::quote(id));
-                field.push(b',');
-                json::splice(text, &[(open..open, field)])
-            }
-        };
-        Resource::parse(bytes)
+        self.edit(Some(id), |_| None)
     }
 
-    /// A copy with `reference` strings replaced by `map(old)` where it
-    /// returns a new value. Every other byte is unchanged.
-    pub(crate) fn rewrite_references(
+    /// Both edits in one scan and one re-parse.
+    pub(crate) fn edit(
         &self,
+        id: Option<&str>,
         mut map: impl FnMut(&str) -> Option<String>,
     ) -> Result<Resource, FhirError> {
+        if let Some(id) = id {
+            if !valid_id(id) {
+                return Err(FhirError::InvalidId(id.to_owned()));
+            }
+        }
         let text = &self.bytes;
         let mut edits = Vec::new();
+        let mut id_done = id.is_none();
         for t in json::strings(text) {
+            if let (Some(id), false) = (id, id_done) {
+                if t.depth == 1 && json::is_value_of(text, &t, "id") {
+                    edits.push((t.span.clone(), json::quote(id)));
+                    id_done = true;
+                    continue;
+                }
+            }
             if json::is_value_of(text, &t, "reference") {
                 if let Some(new) = json::plain(text, &t.span).and_then(&mut map) {
                     edits.push((t.span.clone(), json::quote(&new)));
                 }
             }
+        }
+        if let (Some(id), false) = (id, id_done) {
+            let open = text.iter().position(|&b| b == b'{').unwrap_or(0) + 1;
+            let mut field = b"\"id\":".to_vec();
+            field.extend(json::quote(id));
+            field.push(b',');
+            edits.insert(0, (open..open, field));
         }
         if edits.is_empty() {
             return Ok(self.clone());
@@ -744,7 +746,9 @@ mod tests {
             br#"{"id":"new", "resourceType" : "Observation", "subject": {"reference":"urn:uuid:1"}, "v": 1.10 }"#
         );
         let r3 = r2
-            .rewrite_references(|s| (s == "urn:uuid:1").then(|| "Patient/p".to_owned()))
+            .edit(None, |s| {
+                (s == "urn:uuid:1").then(|| "Patient/p".to_owned())
+            })
             .expect("rewrite");
         assert_eq!(r3.info().patient.as_deref(), Some("p"));
         assert!(r3
