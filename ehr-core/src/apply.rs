@@ -70,21 +70,27 @@ impl Kv for hyperbee_rs::Batch {
 }
 
 /// Who may write: the multi-writer log (autobase's host) hears of every
-/// accepted membership change, in apply order.
+/// membership change, in apply order. A refusal (say, removing the last
+/// indexer) must itself be deterministic; the op is then rejected and
+/// nothing of it is written.
 pub trait Membership: Send {
     /// A writer was granted (owners are indexers).
-    fn add_writer(&mut self, key: WriterKey, indexer: bool);
+    fn add_writer(&mut self, key: WriterKey, indexer: bool) -> Result<(), String>;
     /// A writer was revoked.
-    fn remove_writer(&mut self, key: WriterKey);
+    fn remove_writer(&mut self, key: WriterKey) -> Result<(), String>;
 }
 
-/// A [`Membership`] that ignores changes (a single-writer log).
+/// A [`Membership`] that accepts and ignores changes (a single-writer log).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoMembership;
 
 impl Membership for NoMembership {
-    fn add_writer(&mut self, _: WriterKey, _: bool) {}
-    fn remove_writer(&mut self, _: WriterKey) {}
+    fn add_writer(&mut self, _: WriterKey, _: bool) -> Result<(), String> {
+        Ok(())
+    }
+    fn remove_writer(&mut self, _: WriterKey) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// One node of one writer's log.
@@ -94,6 +100,8 @@ pub struct Node<'a> {
     pub writer: WriterKey,
     /// Its position in the writer's log.
     pub seq: u64,
+    /// Its position inside that log entry, when one entry holds several ops.
+    pub index: u32,
     /// The encoded [`Op`].
     pub value: &'a [u8],
 }
@@ -201,8 +209,11 @@ pub async fn apply_node<K: Kv + ?Sized>(
                 time,
                 rejection: rejection.clone(),
             };
-            kv.put(&view::rejected_key(&node.writer, node.seq), &encode(&rec))
-                .await?;
+            kv.put(
+                &view::rejected_key(&node.writer, node.seq, node.index),
+                &encode(&rec),
+            )
+            .await?;
             Ok(Outcome::Rejected(rejection))
         }
     }
@@ -240,8 +251,10 @@ async fn decide<K: Kv + ?Sized>(
                 revoked: false,
                 since: op.time,
             };
+            if let Err(e) = members.add_writer(node.writer, true) {
+                return Ok(Err(Rejection::Membership(e)));
+            }
             kv.put(&view::writer_key(&node.writer), &encode(&w)).await?;
-            members.add_writer(node.writer, true);
             return Ok(Ok(()));
         }
         (None, _) => return Ok(Err(Rejection::NoGenesis)),
@@ -376,8 +389,10 @@ async fn membership<K: Kv + ?Sized>(
                 revoked: false,
                 since: ctx.time,
             };
+            if let Err(e) = members.add_writer(target, indexer) {
+                return Ok(Err(Rejection::Membership(e)));
+            }
             kv.put(&key, &encode(&w)).await?;
-            members.add_writer(target, indexer);
         }
         (Some(grant), false) => {
             let Some(mut w) = existing.filter(|_| active) else {
@@ -385,20 +400,24 @@ async fn membership<K: Kv + ?Sized>(
             };
             let was_owner = w.grant.role == Role::Owner;
             let indexer = grant.role == Role::Owner;
-            w.grant = grant;
-            kv.put(&key, &encode(&w)).await?;
             if was_owner != indexer {
                 // Re-adding tells the host the new indexer status.
-                members.add_writer(target, indexer);
+                if let Err(e) = members.add_writer(target, indexer) {
+                    return Ok(Err(Rejection::Membership(e)));
+                }
             }
+            w.grant = grant;
+            kv.put(&key, &encode(&w)).await?;
         }
         (None, _) => {
             let Some(mut w) = existing.filter(|_| active) else {
                 return Ok(Err(Rejection::Membership("not a writer".into())));
             };
+            if let Err(e) = members.remove_writer(target) {
+                return Ok(Err(Rejection::Membership(e)));
+            }
             w.revoked = true;
             kv.put(&key, &encode(&w)).await?;
-            members.remove_writer(target);
         }
     }
     Ok(Ok(()))

@@ -426,6 +426,7 @@ impl Record {
             let node = Node {
                 writer,
                 seq,
+                index: 0,
                 value: &value,
             };
             apply_node(&mut batch, &mut NoMembership, node).await?;
@@ -465,6 +466,7 @@ impl Record {
         let node = Node {
             writer: self.writer_key(),
             seq,
+            index: 0,
             value: &bytes,
         };
         match apply_node(&mut batch, members, node).await? {
@@ -937,9 +939,9 @@ impl Record {
         let mut out = Vec::with_capacity(entries.len());
         for e in entries {
             let k = &e.key[view::REJECTED.len()..];
-            let (w, s) = (k.get(..32), k.get(32..));
-            let writer = w.and_then(|w| <[u8; 32]>::try_from(w).ok());
-            let seq = s
+            let writer = k.get(..32).and_then(|w| <[u8; 32]>::try_from(w).ok());
+            let seq = k
+                .get(32..40)
                 .and_then(|s| <[u8; 8]>::try_from(s).ok())
                 .map(u64::from_be_bytes);
             let rec: Option<RejectedRec> = decode(&e.value);

@@ -12,7 +12,7 @@
 //! | `r/<Type>/<id>` | [`HeadRec`]: the latest version, conflicts, indexed fields |
 //! | `v/<Type>/<id>/<version u64 BE>` | [`VersionRec`]: an older version |
 //! | `x/<kind>/<Type>\0<value>\0<date>` + id | index entry (empty value) |
-//! | `j/<writer><seq u64 BE>` | [`RejectedRec`] |
+//! | `j/<writer><seq u64 BE><index u32 BE>` | [`RejectedRec`] |
 
 use crate::consent::Grant;
 use crate::fhir::{date_key, ResourceInfo};
@@ -153,10 +153,11 @@ pub(crate) fn version_key(ty: &str, id: &str, version: u64) -> Vec<u8> {
     k
 }
 
-pub(crate) fn rejected_key(w: &WriterKey, seq: u64) -> Vec<u8> {
+pub(crate) fn rejected_key(w: &WriterKey, seq: u64, index: u32) -> Vec<u8> {
     let mut k = REJECTED.to_vec();
     k.extend_from_slice(w);
     k.extend_from_slice(&seq.to_be_bytes());
+    k.extend_from_slice(&index.to_be_bytes());
     k
 }
 

@@ -190,11 +190,13 @@ impl Model {
 struct Members(BTreeSet<WriterKey>);
 
 impl Membership for Members {
-    fn add_writer(&mut self, key: WriterKey, _indexer: bool) {
+    fn add_writer(&mut self, key: WriterKey, _indexer: bool) -> Result<(), String> {
         self.0.insert(key);
+        Ok(())
     }
-    fn remove_writer(&mut self, key: WriterKey) {
+    fn remove_writer(&mut self, key: WriterKey) -> Result<(), String> {
         self.0.remove(&key);
+        Ok(())
     }
 }
 
@@ -217,6 +219,7 @@ async fn apply_all(
         let node = Node {
             writer: *writer,
             seq: *seq,
+            index: 0,
             value,
         };
         let o = apply_node(&mut batch, members, node).await.unwrap();

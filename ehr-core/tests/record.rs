@@ -276,6 +276,18 @@ fn reopen_applies_ops_logged_before_a_crash() {
                 },
             );
             log.append(&op.encode()).await.unwrap();
+            // And one the rules refuse: recorded as rejected on replay.
+            let bad = Op::new(
+                10,
+                OpBody::Delete {
+                    target: ehr_core::fhir::ResourceRef {
+                        resource_type: "Observation".into(),
+                        id: "none".into(),
+                    },
+                    expect: Expect::Any,
+                },
+            );
+            log.append(&bad.encode()).await.unwrap();
             log.flush().await.unwrap();
         }
         let rec = Record::builder(storage()).open().await.unwrap();
@@ -283,6 +295,14 @@ fn reopen_applies_ops_logged_before_a_crash() {
         assert!(rec.get("Observation", "a").await.unwrap().is_some());
         let b = rec.get("Observation", "b").await.unwrap().unwrap();
         assert_eq!(b.time, 9);
+        let rejected = rec.rejected().await.unwrap();
+        assert_eq!(rejected.len(), 1);
+        assert_eq!((rejected[0].seq, rejected[0].time), (3, 10));
+        assert_eq!(rejected[0].writer, rec.writer_key());
+        assert!(matches!(
+            rejected[0].rejection,
+            ehr_core::apply::Rejection::NotFound { .. }
+        ));
         drop(rec);
         assert!(matches!(
             Record::builder(storage()).create("p").await,
