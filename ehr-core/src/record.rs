@@ -1,0 +1,985 @@
+//! The public record API: create or open a record, write resources, read
+//! them back, search, summarise, import and export FHIR Bundles.
+//!
+//! Every write becomes one [`Op`] appended to this device's log and applied
+//! to the view by [`apply_node`]. The op is first applied to a pending view
+//! batch: if the record's rules refuse it, the batch is dropped and the
+//! caller gets the typed refusal, with nothing appended. Otherwise the op is
+//! appended and flushed (durable), then the batch is committed together with
+//! the log position it covers, so a crash between the two is repaired on
+//! open by applying the missing ops again.
+//!
+//! Until the multi-writer log (autobase) is wired in, a record is backed by
+//! this single-writer harness: one log, one view, the same `apply` logic.
+
+use crate::apply::{apply_node, Membership, NoMembership, Node, Outcome};
+use crate::consent::Grant;
+use crate::error::Error;
+use crate::fhir::{
+    self, format_instant, plan_import, valid_id, FhirError, PlannedEntry, Resource, ResourceRef,
+};
+use crate::op::{Expect, ImportOp, Op, OpBody, WriterKey};
+use crate::view::{self, decode, GenesisRec, HeadRec, Index, RejectedRec, VersionRec};
+use futures::lock::Mutex as AsyncMutex;
+use hyperbee_rs::{Bee, Range, Snapshot};
+use hypercore_rs::{Core, Corestore, Entropy, OsEntropy, Storage};
+use std::sync::Arc;
+
+/// Wall-clock time for op timestamps, injected so tests control it.
+pub trait Clock: Send + Sync + 'static {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+/// The operating system's clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// A clock that only moves when told to.
+#[derive(Debug, Default)]
+pub struct ManualClock(std::sync::atomic::AtomicU64);
+
+impl ManualClock {
+    /// A clock at `ms`.
+    pub fn new(ms: u64) -> ManualClock {
+        ManualClock(std::sync::atomic::AtomicU64::new(ms))
+    }
+
+    /// Sets the time.
+    pub fn set(&self, ms: u64) {
+        self.0.store(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+const LOG_NAME: &str = "ehr/log";
+const VIEW_NAME: &str = "ehr/view";
+/// How many log entries the view covers (harness bookkeeping, in the view).
+const APPLIED: &[u8] = b"m/applied";
+
+/// How to open or create a record.
+pub struct RecordBuilder {
+    storage: Arc<dyn Storage>,
+    clock: Arc<dyn Clock>,
+    entropy: Arc<dyn Entropy>,
+}
+
+impl std::fmt::Debug for RecordBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordBuilder").finish_non_exhaustive()
+    }
+}
+
+impl RecordBuilder {
+    /// The clock stamped on writes (default: the system clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The randomness for the store's seed and for new resource ids
+    /// (default: the operating system's).
+    pub fn entropy(mut self, entropy: Arc<dyn Entropy>) -> Self {
+        self.entropy = entropy;
+        self
+    }
+
+    async fn parts(&self) -> Result<(Core, Bee), Error> {
+        let store = Corestore::open_with_entropy(self.storage.clone(), &*self.entropy).await?;
+        let log = store.get(LOG_NAME).await?;
+        let view = Bee::open(store.get(VIEW_NAME).await?).await?;
+        Ok((log, view))
+    }
+
+    /// Creates a record for patient `patient_id` on empty storage; this
+    /// device is its owner.
+    pub async fn create(self, patient_id: &str) -> Result<Record, Error> {
+        if !valid_id(patient_id) {
+            return Err(FhirError::InvalidId(patient_id.to_owned()).into());
+        }
+        let (log, view) = self.parts().await?;
+        if log.length() > 0 || view.get(view::GENESIS).await?.is_some() {
+            return Err(Error::Exists);
+        }
+        let record = Record::assemble(self, log, view, None);
+        let genesis = OpBody::Genesis {
+            patient: patient_id.to_owned(),
+        };
+        record.submit(genesis).await?;
+        record.load_genesis().await?;
+        Ok(record)
+    }
+
+    /// Opens the record on this storage, applying any op that was logged
+    /// but not yet applied when the process stopped.
+    pub async fn open(self) -> Result<Record, Error> {
+        let (log, view) = self.parts().await?;
+        if log.length() == 0 {
+            return Err(Error::NoRecord);
+        }
+        let record = Record::assemble(self, log, view, None);
+        record.catch_up().await?;
+        record.load_genesis().await?;
+        Ok(record)
+    }
+}
+
+struct Inner {
+    log: Core,
+    view: Bee,
+    clock: Arc<dyn Clock>,
+    entropy: Arc<dyn Entropy>,
+    write: AsyncMutex<()>,
+    genesis: std::sync::Mutex<Option<GenesisRec>>,
+}
+
+/// A patient's health record.
+///
+/// Cheap to clone; clones share everything. Writes are serialised.
+#[derive(Clone)]
+pub struct Record {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Record")
+            .field("writer", &view::hex(&self.writer_key()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a write landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Written {
+    /// The resource.
+    pub target: ResourceRef,
+    /// Its new version (1 for a create).
+    pub version: u64,
+}
+
+/// One version of a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Version {
+    /// The resource.
+    pub target: ResourceRef,
+    /// The version number (from 1).
+    pub version: u64,
+    /// The writer that wrote it.
+    pub author: WriterKey,
+    /// The time the writer claimed (ms since the epoch).
+    pub time: u64,
+    /// The JSON bytes exactly as written; `None` for a delete.
+    pub resource: Option<Vec<u8>>,
+}
+
+/// The latest state of a resource, including conflict markers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Head {
+    /// The latest version.
+    pub version: u64,
+    /// Whether the latest version is a delete.
+    pub deleted: bool,
+    /// Versions overwritten by a writer that had not seen them: a conflict
+    /// to look at, until someone writes a version based on the latest one.
+    pub conflicts: Vec<u64>,
+    /// Who wrote the latest version.
+    pub author: WriterKey,
+    /// When (claimed, ms since the epoch).
+    pub time: u64,
+}
+
+/// A write the record refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RejectedWrite {
+    /// The writer.
+    pub writer: WriterKey,
+    /// The op's position in the writer's log.
+    pub seq: u64,
+    /// The op's claimed time.
+    pub time: u64,
+    /// Why.
+    pub rejection: crate::apply::Rejection,
+}
+
+/// A search: one resource type plus any of date range, code, category,
+/// author and encounter. Results come newest (clinical date) first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Query {
+    /// The resource type.
+    pub resource_type: String,
+    /// Clinical date at or after this (ms since the epoch).
+    pub from: Option<i64>,
+    /// Clinical date before this (ms since the epoch).
+    pub to: Option<i64>,
+    /// A `system|code` token.
+    pub code: Option<String>,
+    /// A category `system|code` token.
+    pub category: Option<String>,
+    /// The writer that wrote the latest version.
+    pub author: Option<WriterKey>,
+    /// An Encounter id.
+    pub encounter: Option<String>,
+    /// Page size (default 20, at most 1000).
+    pub limit: usize,
+    /// Where the previous page ended.
+    pub cursor: Option<Cursor>,
+}
+
+/// An opaque position between search pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor(Vec<u8>);
+
+/// One page of search results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Page {
+    /// The matches, newest first.
+    pub entries: Vec<Version>,
+    /// The cursor for the next page, if there may be more.
+    pub next: Option<Cursor>,
+}
+
+impl Query {
+    /// A query for every resource of a type.
+    pub fn new(resource_type: &str) -> Query {
+        Query {
+            resource_type: resource_type.to_owned(),
+            from: None,
+            to: None,
+            code: None,
+            category: None,
+            author: None,
+            encounter: None,
+            limit: 20,
+            cursor: None,
+        }
+    }
+    /// Clinical dates in `[from, to)` (ms since the epoch).
+    pub fn dates(mut self, from: Option<i64>, to: Option<i64>) -> Query {
+        self.from = from;
+        self.to = to;
+        self
+    }
+    /// With this `system|code`.
+    pub fn code(mut self, token: &str) -> Query {
+        self.code = Some(token.to_owned());
+        self
+    }
+    /// With this category `system|code`.
+    pub fn category(mut self, token: &str) -> Query {
+        self.category = Some(token.to_owned());
+        self
+    }
+    /// Written by this writer.
+    pub fn author(mut self, writer: WriterKey) -> Query {
+        self.author = Some(writer);
+        self
+    }
+    /// In this encounter.
+    pub fn encounter(mut self, id: &str) -> Query {
+        self.encounter = Some(id.to_owned());
+        self
+    }
+    /// The page size.
+    pub fn limit(mut self, n: usize) -> Query {
+        self.limit = n;
+        self
+    }
+    /// Continues after a previous page.
+    pub fn after(mut self, cursor: Cursor) -> Query {
+        self.cursor = Some(cursor);
+        self
+    }
+}
+
+/// The patient summary: live allergies, medications, conditions and
+/// immunizations, as stored JSON bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Summary {
+    /// AllergyIntolerance resources.
+    pub allergies: Vec<Vec<u8>>,
+    /// MedicationStatement and MedicationRequest resources.
+    pub medications: Vec<Vec<u8>>,
+    /// Condition resources.
+    pub conditions: Vec<Vec<u8>>,
+    /// Immunization resources.
+    pub immunizations: Vec<Vec<u8>>,
+}
+
+/// What an import wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Imported {
+    /// The Bundle's type.
+    pub bundle_type: fhir::BundleType,
+    /// The resources written (puts), in entry order.
+    pub written: Vec<ResourceRef>,
+    /// The resources deleted, in entry order.
+    pub deleted: Vec<ResourceRef>,
+}
+
+fn corrupt(what: &[u8]) -> Error {
+    Error::Storage(format!(
+        "corrupt view entry {}",
+        String::from_utf8_lossy(what)
+    ))
+}
+
+impl Record {
+    /// How to create or open a record on `storage`.
+    pub fn builder(storage: Arc<dyn Storage>) -> RecordBuilder {
+        RecordBuilder {
+            storage,
+            clock: Arc::new(SystemClock),
+            entropy: Arc::new(OsEntropy),
+        }
+    }
+
+    fn assemble(b: RecordBuilder, log: Core, view: Bee, genesis: Option<GenesisRec>) -> Record {
+        Record {
+            inner: Arc::new(Inner {
+                log,
+                view,
+                clock: b.clock,
+                entropy: b.entropy,
+                write: AsyncMutex::new(()),
+                genesis: std::sync::Mutex::new(genesis),
+            }),
+        }
+    }
+
+    async fn load_genesis(&self) -> Result<(), Error> {
+        let g = self
+            .read_rec::<GenesisRec>(&self.snapshot(), view::GENESIS)
+            .await?;
+        let g = g.ok_or(Error::NoRecord)?;
+        *self
+            .inner
+            .genesis
+            .lock()
+            .map_err(|_| Error::Storage("poisoned".into()))? = Some(g);
+        Ok(())
+    }
+
+    fn genesis(&self) -> Option<GenesisRec> {
+        self.inner.genesis.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// The record's patient id.
+    pub fn patient_id(&self) -> String {
+        self.genesis().map(|g| g.patient).unwrap_or_default()
+    }
+
+    /// This device's writer key.
+    pub fn writer_key(&self) -> WriterKey {
+        self.inner.log.key()
+    }
+
+    /// The record's owner (the device that created it).
+    pub fn owner(&self) -> Option<WriterKey> {
+        self.genesis().map(|g| g.owner)
+    }
+
+    /// A new random resource id (32 hex characters).
+    fn new_id(&self) -> Result<String, Error> {
+        let mut b = [0u8; 16];
+        self.inner.entropy.fill(&mut b)?;
+        Ok(view::hex(&b))
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        self.inner.view.snapshot()
+    }
+
+    async fn catch_up(&self) -> Result<(), Error> {
+        let _w = self.inner.write.lock().await;
+        let applied = self.applied().await?;
+        let writer = self.writer_key();
+        for seq in applied..self.inner.log.length() {
+            let value = self
+                .inner
+                .log
+                .get(seq)
+                .await?
+                .ok_or_else(|| Error::Storage(format!("log entry {seq} missing")))?;
+            let mut batch = self.inner.view.batch().await?;
+            let node = Node {
+                writer,
+                seq,
+                index: 0,
+                value: &value,
+            };
+            apply_node(&mut batch, &mut NoMembership, node).await?;
+            batch.put(APPLIED, (seq + 1).to_be_bytes()).await?;
+            batch.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn applied(&self) -> Result<u64, Error> {
+        match self.inner.view.get(APPLIED).await? {
+            None => Ok(0),
+            Some(e) => <[u8; 8]>::try_from(e.value.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| corrupt(APPLIED)),
+        }
+    }
+
+    /// Applies `body` as this device's next op: refused ops append nothing.
+    async fn submit(&self, body: OpBody) -> Result<(), Error> {
+        self.submit_with(body, &mut NoMembership).await
+    }
+
+    async fn submit_with(&self, body: OpBody, members: &mut dyn Membership) -> Result<(), Error> {
+        let op = Op::new(self.inner.clock.now_ms(), body);
+        let bytes = op.encode();
+        if bytes.len() > hypercore_rs::MAX_BLOCK_SIZE {
+            return Err(FhirError::TooLarge {
+                size: bytes.len(),
+                max: hypercore_rs::MAX_BLOCK_SIZE,
+            }
+            .into());
+        }
+        let _w = self.inner.write.lock().await;
+        let seq = self.inner.log.length();
+        let mut batch = self.inner.view.batch().await?;
+        let node = Node {
+            writer: self.writer_key(),
+            seq,
+            index: 0,
+            value: &bytes,
+        };
+        match apply_node(&mut batch, members, node).await? {
+            Outcome::Rejected(r) => Err(r.into()),
+            Outcome::Accepted => {
+                self.inner.log.append(&bytes).await?;
+                self.inner.log.flush().await?;
+                batch.put(APPLIED, (seq + 1).to_be_bytes()).await?;
+                batch.flush().await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn read_rec<T: for<'de> serde::Deserialize<'de>>(
+        &self,
+        snap: &Snapshot,
+        key: &[u8],
+    ) -> Result<Option<T>, Error> {
+        match snap.get(key).await? {
+            None => Ok(None),
+            Some(e) => decode(&e.value).map(Some).ok_or_else(|| corrupt(key)),
+        }
+    }
+
+    async fn read_head(
+        &self,
+        snap: &Snapshot,
+        ty: &str,
+        id: &str,
+    ) -> Result<Option<HeadRec>, Error> {
+        self.read_rec(snap, &view::head_key(ty, id)).await
+    }
+
+    async fn read_version(
+        &self,
+        snap: &Snapshot,
+        ty: &str,
+        id: &str,
+        version: u64,
+    ) -> Result<Option<Version>, Error> {
+        match self.read_head(snap, ty, id).await? {
+            None => Ok(None),
+            Some(h) if h.version == version => Ok(Some(version_of(ty, id, version, h.current))),
+            Some(h) if version > h.version => Ok(None),
+            Some(_) => {
+                let key = view::version_key(ty, id, version);
+                let rec = self.read_rec::<VersionRec>(snap, &key).await?;
+                Ok(rec.map(|rec| version_of(ty, id, version, rec)))
+            }
+        }
+    }
+
+    /// Creates or replaces a resource. Without an `id` it gets a new one.
+    /// The write is based on the version this device sees now; a version
+    /// written meanwhile by another writer makes it a conflict.
+    pub async fn put(&self, json: impl Into<Vec<u8>>) -> Result<Written, Error> {
+        let mut res = Resource::parse(json)?;
+        if res.id().is_none() {
+            let id = if res.resource_type() == "Patient" {
+                self.patient_id()
+            } else {
+                self.new_id()?
+            };
+            res = res.with_id(&id)?;
+        }
+        res.check_patient(&self.patient_id())?;
+        let id = res.id().unwrap_or_default().to_owned();
+        let ty = res.resource_type().to_owned();
+        let head = self.read_head(&self.snapshot(), &ty, &id).await?;
+        let expect = match head {
+            Some(h) if !h.deleted() => Expect::Version(h.version),
+            _ => Expect::Absent,
+        };
+        self.put_expecting(res, expect).await
+    }
+
+    /// Writes a resource stating which version the writer based it on.
+    pub async fn put_expecting(
+        &self,
+        resource: Resource,
+        expect: Expect,
+    ) -> Result<Written, Error> {
+        let target = ResourceRef {
+            resource_type: resource.resource_type().to_owned(),
+            id: resource.id().ok_or(FhirError::MissingId)?.to_owned(),
+        };
+        self.submit(OpBody::Put {
+            resource: resource.into_bytes(),
+            expect,
+        })
+        .await?;
+        self.written(target).await
+    }
+
+    async fn written(&self, target: ResourceRef) -> Result<Written, Error> {
+        let head = self
+            .read_head(&self.snapshot(), &target.resource_type, &target.id)
+            .await?
+            .ok_or_else(|| Error::NotFound(target.to_string()))?;
+        Ok(Written {
+            target,
+            version: head.version,
+        })
+    }
+
+    /// Deletes a resource (a tombstone version; history is kept).
+    pub async fn delete(&self, resource_type: &str, id: &str) -> Result<Written, Error> {
+        let target = ResourceRef {
+            resource_type: resource_type.to_owned(),
+            id: id.to_owned(),
+        };
+        let head = self.read_head(&self.snapshot(), resource_type, id).await?;
+        let expect = match head {
+            Some(h) if !h.deleted() => Expect::Version(h.version),
+            _ => return Err(Error::NotFound(target.to_string())),
+        };
+        self.submit(OpBody::Delete {
+            target: target.clone(),
+            expect,
+        })
+        .await?;
+        self.written(target).await
+    }
+
+    /// The latest live version of a resource (`None` if absent or deleted).
+    pub async fn get(&self, resource_type: &str, id: &str) -> Result<Option<Version>, Error> {
+        let head = self.read_head(&self.snapshot(), resource_type, id).await?;
+        Ok(head
+            .filter(|h| !h.deleted())
+            .map(|h| version_of(resource_type, id, h.version, h.current)))
+    }
+
+    /// The latest state of a resource, with conflict markers.
+    pub async fn head(&self, resource_type: &str, id: &str) -> Result<Option<Head>, Error> {
+        let h = self.read_head(&self.snapshot(), resource_type, id).await?;
+        Ok(h.map(|h| Head {
+            version: h.version,
+            deleted: h.current.deleted,
+            conflicts: h.conflicts,
+            author: h.current.author,
+            time: h.current.time,
+        }))
+    }
+
+    /// One version of a resource.
+    pub async fn version(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: u64,
+    ) -> Result<Option<Version>, Error> {
+        self.read_version(&self.snapshot(), resource_type, id, version)
+            .await
+    }
+
+    /// Every version of a resource, newest first (deletes included).
+    pub async fn history(&self, resource_type: &str, id: &str) -> Result<Vec<Version>, Error> {
+        let snap = self.snapshot();
+        let Some(head) = self.read_head(&snap, resource_type, id).await? else {
+            return Ok(Vec::new());
+        };
+        let prefix = view::version_prefix(resource_type, id);
+        let entries = snap
+            .range(Range::all().prefix(&prefix).reverse())
+            .collect()
+            .await?;
+        let mut out = Vec::with_capacity(entries.len() + 1);
+        out.push(version_of(resource_type, id, head.version, head.current));
+        for e in entries {
+            let v = e
+                .key
+                .get(prefix.len()..)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| corrupt(&e.key))?;
+            let rec: VersionRec = decode(&e.value).ok_or_else(|| corrupt(&e.key))?;
+            out.push(version_of(resource_type, id, v, rec));
+        }
+        Ok(out)
+    }
+
+    /// Searches one resource type; see [`Query`].
+    pub async fn search(&self, q: &Query) -> Result<Page, Error> {
+        if !fhir::is_resource_type(&q.resource_type) {
+            return Err(Error::Query(format!(
+                "unknown resource type {:?}",
+                q.resource_type
+            )));
+        }
+        let limit = match q.limit {
+            0 => 20,
+            n => n.min(1000),
+        };
+        let ty = q.resource_type.as_str();
+        let author = q.author.map(|a| view::hex(&a));
+        // The most selective index drives the scan; the others filter.
+        let (index, value) = if let Some(c) = &q.code {
+            (Index::Code, Some(c.as_str()))
+        } else if let Some(c) = &q.category {
+            (Index::Category, Some(c.as_str()))
+        } else if let Some(e) = &q.encounter {
+            (Index::Encounter, Some(e.as_str()))
+        } else if let Some(a) = &author {
+            (Index::Author, Some(a.as_str()))
+        } else {
+            (Index::Date, None)
+        };
+        let prefix = view::index_prefix(index, ty, value);
+        let mut range = Range::all().prefix(&prefix).reverse();
+        if let Some(from) = q.from {
+            let mut k = prefix.clone();
+            k.extend_from_slice(&fhir::date_key(Some(from)));
+            range = range.gte(k);
+        }
+        if let Some(to) = q.to {
+            let mut k = prefix.clone();
+            k.extend_from_slice(&fhir::date_key(Some(to)));
+            range = range.lt(k);
+        }
+        if let Some(Cursor(c)) = &q.cursor {
+            if !c.starts_with(&prefix) {
+                return Err(Error::Query("cursor from another query".into()));
+            }
+            range = range.lt(c.clone());
+        }
+        let needs_filter = [
+            q.code.is_some() && index != Index::Code,
+            q.category.is_some() && index != Index::Category,
+            q.encounter.is_some() && index != Index::Encounter,
+            author.is_some() && index != Index::Author,
+        ]
+        .contains(&true);
+        let snap = self.snapshot();
+        let mut it = snap.range(range);
+        let mut entries = Vec::new();
+        let mut last = None;
+        while let Some(e) = it.next().await? {
+            let id = view::index_id(prefix.len(), &e.key)
+                .ok_or_else(|| corrupt(&e.key))?
+                .to_owned();
+            last = Some(e.key);
+            let h = self
+                .read_head(&snap, ty, &id)
+                .await?
+                .ok_or_else(|| corrupt(b"index entry without a head"))?;
+            if needs_filter {
+                let f = &h.fields;
+                if q.code.as_ref().is_some_and(|c| !f.codes.contains(c))
+                    || q.category
+                        .as_ref()
+                        .is_some_and(|c| !f.categories.contains(c))
+                    || q.encounter
+                        .as_ref()
+                        .is_some_and(|e| f.encounter.as_ref() != Some(e))
+                    || q.author.is_some_and(|a| h.current.author != a)
+                {
+                    continue;
+                }
+            }
+            let v = version_of(ty, &id, h.version, h.current);
+            entries.push(v);
+            if entries.len() == limit {
+                break;
+            }
+        }
+        let next = if entries.len() == limit {
+            last.map(Cursor)
+        } else {
+            None
+        };
+        Ok(Page { entries, next })
+    }
+
+    async fn live_of_type(&self, snap: &Snapshot, ty: &str) -> Result<Vec<Version>, Error> {
+        let prefix = format!("r/{ty}/").into_bytes();
+        let heads = snap.range(Range::all().prefix(&prefix)).collect().await?;
+        let mut out = Vec::new();
+        for e in heads {
+            let h: HeadRec = decode(&e.value).ok_or_else(|| corrupt(&e.key))?;
+            if h.deleted() {
+                continue;
+            }
+            let id = std::str::from_utf8(&e.key[prefix.len()..]).map_err(|_| corrupt(&e.key))?;
+            out.push(version_of(ty, id, h.version, h.current));
+        }
+        Ok(out)
+    }
+
+    /// The patient summary.
+    pub async fn summary(&self) -> Result<Summary, Error> {
+        let snap = self.snapshot();
+        let bodies = |v: Vec<Version>| v.into_iter().filter_map(|v| v.resource).collect::<Vec<_>>();
+        let mut s = Summary {
+            allergies: bodies(self.live_of_type(&snap, "AllergyIntolerance").await?),
+            medications: bodies(self.live_of_type(&snap, "MedicationStatement").await?),
+            conditions: bodies(self.live_of_type(&snap, "Condition").await?),
+            immunizations: bodies(self.live_of_type(&snap, "Immunization").await?),
+        };
+        s.medications
+            .extend(bodies(self.live_of_type(&snap, "MedicationRequest").await?));
+        Ok(s)
+    }
+
+    /// Every live resource, the Patient first, then by type and id.
+    pub async fn everything(&self) -> Result<Vec<Version>, Error> {
+        let snap = self.snapshot();
+        let heads = snap
+            .range(Range::all().prefix(view::HEADS))
+            .collect()
+            .await?;
+        let mut out = Vec::with_capacity(heads.len());
+        for e in heads {
+            let h: HeadRec = decode(&e.value).ok_or_else(|| corrupt(&e.key))?;
+            if h.deleted() {
+                continue;
+            }
+            let path =
+                std::str::from_utf8(&e.key[view::HEADS.len()..]).map_err(|_| corrupt(&e.key))?;
+            let (ty, id) = path.split_once('/').ok_or_else(|| corrupt(&e.key))?;
+            out.push(version_of(ty, id, h.version, h.current));
+        }
+        let patient = self.patient_id();
+        out.sort_by_key(|v| !(v.target.resource_type == "Patient" && v.target.id == patient));
+        Ok(out)
+    }
+
+    /// Everything about the patient as one `searchset` Bundle (the FHIR
+    /// `$everything` idea). Resources are embedded as their stored bytes.
+    pub async fn export_everything(&self) -> Result<Vec<u8>, Error> {
+        let all = self.everything().await?;
+        let mut out = format!(
+            "{{\"resourceType\":\"Bundle\",\"type\":\"searchset\",\"total\":{},\"entry\":[",
+            all.len()
+        )
+        .into_bytes();
+        for (i, v) in all.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"fullUrl\":");
+            out.extend(crate::json::quote(&v.target.to_string()));
+            out.extend_from_slice(b",\"resource\":");
+            out.extend_from_slice(v.resource.as_deref().unwrap_or(b"null"));
+            out.extend_from_slice(b",\"search\":{\"mode\":\"match\"}}");
+        }
+        out.extend_from_slice(b"]}");
+        Ok(out)
+    }
+
+    /// A resource's versions as a FHIR `history` Bundle, newest first.
+    pub async fn history_bundle(&self, resource_type: &str, id: &str) -> Result<Vec<u8>, Error> {
+        let versions = self.history(resource_type, id).await?;
+        if versions.is_empty() {
+            return Err(Error::NotFound(format!("{resource_type}/{id}")));
+        }
+        let mut out = format!(
+            "{{\"resourceType\":\"Bundle\",\"type\":\"history\",\"total\":{},\"entry\":[",
+            versions.len()
+        )
+        .into_bytes();
+        for (i, v) in versions.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let url = v.target.to_string();
+            out.extend_from_slice(b"{\"fullUrl\":");
+            out.extend(crate::json::quote(&url));
+            if let Some(r) = &v.resource {
+                out.extend_from_slice(b",\"resource\":");
+                out.extend_from_slice(r);
+            }
+            let (method, status) = match (&v.resource, v.version) {
+                (None, _) => ("DELETE", "204"),
+                (Some(_), 1) => ("POST", "201"),
+                (Some(_), _) => ("PUT", "200"),
+            };
+            let tail = serde_json::json!({
+                "request": {"method": method, "url": url},
+                "response": {
+                    "status": status,
+                    "etag": format!("W/\"{}\"", v.version),
+                    "lastUpdated": format_instant(v.time),
+                },
+            })
+            .to_string();
+            out.push(b',');
+            // `tail` is an object: splice its members into this entry.
+            out.extend_from_slice(tail.as_bytes().get(1..).unwrap_or(b"}"));
+        }
+        out.extend_from_slice(b"]}");
+        Ok(out)
+    }
+
+    /// Imports a Bundle (transaction, batch, collection, document, or a
+    /// searchset such as [`Record::export_everything`] makes) atomically:
+    /// every entry is written, or none and a typed error names the entry.
+    pub async fn import_bundle(&self, json: &[u8]) -> Result<Imported, Error> {
+        let patient = self.patient_id();
+        let mut id_err = None;
+        let mut next_id = || match self.new_id() {
+            Ok(id) => id,
+            Err(e) => {
+                id_err = Some(e);
+                "0".to_owned()
+            }
+        };
+        let (bundle_type, plan) = plan_import(json, &patient, &mut next_id)?;
+        if let Some(e) = id_err {
+            return Err(e);
+        }
+        let mut written = Vec::new();
+        let mut deleted = Vec::new();
+        let entries = plan
+            .into_iter()
+            .map(|p| match p {
+                PlannedEntry::Put(r) => {
+                    written.push(ResourceRef {
+                        resource_type: r.resource_type().to_owned(),
+                        id: r.id().unwrap_or_default().to_owned(),
+                    });
+                    ImportOp::Put {
+                        resource: r.into_bytes(),
+                    }
+                }
+                PlannedEntry::Delete(target) => {
+                    deleted.push(target.clone());
+                    ImportOp::Delete { target }
+                }
+            })
+            .collect();
+        self.submit(OpBody::Import { entries }).await?;
+        Ok(Imported {
+            bundle_type,
+            written,
+            deleted,
+        })
+    }
+
+    /// Grants `writer` (owners only).
+    pub async fn grant(&self, writer: WriterKey, grant: Grant) -> Result<(), Error> {
+        self.submit(OpBody::Grant { writer, grant }).await
+    }
+
+    /// Replaces `writer`'s grant (owners only).
+    pub async fn change_grant(&self, writer: WriterKey, grant: Grant) -> Result<(), Error> {
+        self.submit(OpBody::ChangeGrant { writer, grant }).await
+    }
+
+    /// Revokes `writer` (owners only).
+    pub async fn revoke(&self, writer: WriterKey) -> Result<(), Error> {
+        self.submit(OpBody::Revoke { writer }).await
+    }
+
+    /// A writer's current grant and whether it was revoked.
+    pub async fn grant_of(&self, writer: &WriterKey) -> Result<Option<(Grant, bool)>, Error> {
+        let w: Option<view::WriterRec> = self
+            .read_rec(&self.snapshot(), &view::writer_key(writer))
+            .await?;
+        Ok(w.map(|w| (w.grant, w.revoked)))
+    }
+
+    /// Every write the record refused, by writer and position.
+    pub async fn rejected(&self) -> Result<Vec<RejectedWrite>, Error> {
+        let entries = self
+            .snapshot()
+            .range(Range::all().prefix(view::REJECTED))
+            .collect()
+            .await?;
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            let k = &e.key[view::REJECTED.len()..];
+            let writer = k.get(..32).and_then(|w| <[u8; 32]>::try_from(w).ok());
+            let seq = k
+                .get(32..40)
+                .and_then(|s| <[u8; 8]>::try_from(s).ok())
+                .map(u64::from_be_bytes);
+            let rec: Option<RejectedRec> = decode(&e.value);
+            match (writer, seq, rec) {
+                (Some(writer), Some(seq), Some(rec)) => out.push(RejectedWrite {
+                    writer,
+                    seq,
+                    time: rec.time,
+                    rejection: rec.rejection,
+                }),
+                _ => return Err(corrupt(&e.key)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The view's version (grows with every applied op).
+    pub fn view_version(&self) -> u64 {
+        self.inner.view.version()
+    }
+
+    /// Makes everything written so far durable.
+    pub async fn flush(&self) -> Result<(), Error> {
+        self.inner.log.flush().await?;
+        self.inner.view.flush().await?;
+        Ok(())
+    }
+}
+
+fn version_of(ty: &str, id: &str, version: u64, rec: VersionRec) -> Version {
+    Version {
+        target: ResourceRef {
+            resource_type: ty.to_owned(),
+            id: id.to_owned(),
+        },
+        version,
+        author: rec.author,
+        time: rec.time,
+        resource: (!rec.deleted).then_some(rec.body),
+    }
+}
