@@ -431,6 +431,11 @@ impl Autobase {
         hypercore_rs::discovery_key(&self.inner.key)
     }
 
+    /// The corestore the base keeps its cores in.
+    pub fn store(&self) -> &Corestore {
+        &self.inner.store
+    }
+
     /// This peer's input core key.
     pub fn local_writer_key(&self) -> [u8; 32] {
         self.inner.local_key
@@ -456,6 +461,9 @@ impl Autobase {
         if !st.tip_host().is_writer(&self.inner.local_key) {
             return Err(Error::NotWritable);
         }
+        // Take in what arrived first: the new node then names fresh heads
+        // (acking others' nodes) and the tail stays short.
+        self.pull(&mut st).await?;
         let body = Body::Values(values.into_iter().map(serde_bytes::ByteBuf::from).collect());
         self.write_local(&mut st, body).await?;
         self.settle(&mut st).await
@@ -504,6 +512,30 @@ impl Autobase {
             .find(|(n, _)| n == name)
             .map(|(_, b)| b.snapshot())
             .ok_or_else(|| Error::UnknownView(name.to_string()))
+    }
+
+    /// A read-only snapshot of a view at a past `version` (view core length).
+    pub async fn checkout(&self, name: &str, version: u64) -> Result<Snapshot, Error> {
+        let bee = {
+            let st = self.inner.state.lock().await;
+            st.bees
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, b)| b.clone())
+                .ok_or_else(|| Error::UnknownView(name.to_string()))?
+        };
+        Ok(bee.checkout(version).await?)
+    }
+
+    /// The view's core length at the indexed length.
+    pub async fn view_indexed_version(&self, name: &str) -> Result<u64, Error> {
+        let st = self.inner.state.lock().await;
+        let i = st
+            .bees
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or_else(|| Error::UnknownView(name.to_string()))?;
+        Ok(st.base_views[i].length)
     }
 
     /// The Merkle tree hash of a view at the indexed length: equal on every
@@ -641,6 +673,11 @@ impl Autobase {
         if core.length() != seq {
             // Our own input holds blocks the linearizer has not read yet.
             self.pull(st).await?;
+            if core.length() != st.lin.log_len(local) {
+                // Something else wrote into our input and it was rejected:
+                // every peer ignores the rest of it, so writing is pointless.
+                return Err(Error::InputRejected);
+            }
             return Box::pin(self.write_local(st, block.body)).await;
         }
         core.append(&block.encode()).await?;
