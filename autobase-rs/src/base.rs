@@ -231,6 +231,7 @@ struct Inner {
     key: [u8; 32],
     local_key: [u8; 32],
     record_key: Vec<u8>,
+    clock: Option<Arc<dyn hypercore_rs::Clock>>,
     apply: Box<dyn Apply>,
     state: AsyncMutex<State>,
     events: Mutex<Vec<futures::channel::mpsc::UnboundedSender<Event>>>,
@@ -257,6 +258,7 @@ pub struct AutobaseBuilder {
     bootstrap: Option<[u8; 32]>,
     views: Vec<String>,
     name: String,
+    clock: Option<Arc<dyn hypercore_rs::Clock>>,
 }
 
 impl std::fmt::Debug for AutobaseBuilder {
@@ -282,6 +284,13 @@ impl AutobaseBuilder {
     /// Named hyperbee views (default `["view"]`).
     pub fn views(mut self, names: &[&str]) -> Self {
         self.views = names.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// The time source for replication timeouts (the linearizer itself
+    /// needs no time). Default: hypercore-rs's `ThreadClock`.
+    pub fn clock(mut self, clock: Arc<dyn hypercore_rs::Clock>) -> Self {
+        self.clock = Some(clock);
         self
     }
 
@@ -370,6 +379,7 @@ impl AutobaseBuilder {
             key,
             local_key: local_core.key(),
             record_key,
+            clock: self.clock,
             apply: self.apply,
             state: AsyncMutex::new(State {
                 lin,
@@ -418,6 +428,7 @@ impl Autobase {
             bootstrap: None,
             views: vec!["view".to_string()],
             name: "default".to_string(),
+            clock: None,
         }
     }
 
@@ -597,9 +608,13 @@ impl Autobase {
             + Send
             + 'static,
     {
+        let mut options = ReplicateOptions::new(initiator);
+        if let Some(c) = &self.inner.clock {
+            options.clock = c.clone();
+        }
         self.inner
             .store
-            .replicate(io, ReplicateOptions::new(initiator))
+            .replicate(io, options)
             .await
             .map_err(|e| Error::Replication(e.to_string()))
     }

@@ -419,7 +419,7 @@ fn autobase_figure(figure: &str, ops: usize, per_call: usize) -> Result<(), Stri
     use autobase_rs::Autobase;
     let fail = |e: &dyn std::fmt::Display| format!("{figure}.error: {e}");
     let root = tempfile::tempdir().map_err(|e| fail(&e))?;
-    futures::executor::block_on(async {
+    let r = futures::executor::block_on(async {
         let open_store = |name: &str| {
             let dir = root.path().join(name);
             async move {
@@ -544,5 +544,7 @@ fn autobase_figure(figure: &str, ops: usize, per_call: usize) -> Result<(), Stri
                 Ok(())
             }
         }
-    })
+    });
+    drop(root);
+    r
 }
