@@ -486,6 +486,17 @@ impl Linearizer {
             log.committed_height = h;
             self.committed_count += 1;
         }
+        // Committed nodes are no longer needed in memory (no uncommitted node
+        // is in their past, so they ack nothing), except each writer's last
+        // one, which new nodes usually name as a head.
+        for log in &mut self.logs {
+            let keep_from = log.committed.saturating_sub(1);
+            if keep_from > log.offset {
+                let n = usize::try_from(keep_from - log.offset).unwrap_or(usize::MAX);
+                log.nodes.drain(..n.min(log.nodes.len()));
+                log.offset = keep_from;
+            }
+        }
     }
 }
 

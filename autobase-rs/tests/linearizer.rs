@@ -113,7 +113,7 @@ fn reference(nodes: &[GenNode], indexers: &[u32]) -> Vec<(u32, u64)> {
     keyed.into_iter().map(|k| k.1).collect()
 }
 
-fn add(l: &mut Linearizer, n: &GenNode) -> bool {
+fn add(l: &mut Linearizer, n: &GenNode, heights: &BTreeMap<(u32, u64), u64>) -> bool {
     let id = l.writer(key(n.writer));
     if l.log_len(id) != n.seq {
         return false;
@@ -125,10 +125,14 @@ fn add(l: &mut Linearizer, n: &GenNode) -> bool {
             writer: vid,
             seq: len - 1,
         };
-        if l.presence(node) == Presence::Absent {
-            return false;
-        }
-        heads.push(HeadRef { node, height: None });
+        let height = match l.presence(node) {
+            Presence::Absent => return false,
+            Presence::Present => None,
+            // Committed and dropped from memory: the driver reads its height
+            // from the block; here the generator knows it.
+            Presence::Pruned => Some(heights[&(v, len - 1)]),
+        };
+        heads.push(HeadRef { node, height });
     }
     l.add_node(id, n.seq, &heads, n.height).is_ok()
 }
@@ -156,6 +160,7 @@ proptest! {
         let nodes = generate(writers, &steps);
         let indexers: Vec<u32> = (0..n_indexers.min(writers)).collect();
         let reference = reference(&nodes, &indexers);
+        let heights: BTreeMap<(u32, u64), u64> = nodes.iter().map(|n| ((n.writer, n.seq), n.height)).collect();
         let mut results = Vec::new();
         for seed in orders {
             let mut l = Linearizer::new();
@@ -175,7 +180,7 @@ proptest! {
             while !pending.is_empty() {
                 // Deliver one random node; one whose heads are missing waits.
                 let i = (rnd() as usize) % pending.len();
-                if add(&mut l, pending[i]) {
+                if add(&mut l, pending[i], &heights) {
                     pending.swap_remove(i);
                     misses = 0;
                 } else {
