@@ -115,6 +115,9 @@ struct Attached {
 const MAX_STRIKES: u32 = 10_000;
 /// How many queued frames are handled before scheduling and announcing again.
 const DRAIN: usize = 256;
+/// Block answers are verified as soon as this many block bytes are queued
+/// (bounds what a group of large answers holds in memory).
+const MAX_QUEUED_BYTES: usize = 4 << 20;
 
 /// Moves every queued message to the writer.
 fn flush(conn: &mut Connection, out: &mpsc::UnboundedSender<Vec<u8>>) {
@@ -161,6 +164,8 @@ struct Session {
     request_times: Vec<(u32, Duration)>,
     /// Plain block answers of the current drain group, not yet verified.
     queued: Vec<(u32, Pending, Proof)>,
+    /// Block bytes held in `queued`.
+    queued_bytes: usize,
 }
 
 /// Replicates the provider's cores with the remote over `io` until either
@@ -197,6 +202,7 @@ where
         wakes: SelectAll::new(),
         request_times: Vec::new(),
         queued: Vec::new(),
+        queued_bytes: 0,
     };
     for core in provider.initial() {
         let ch = s.conn.open(core.discovery_key(), core.key())?;
@@ -585,7 +591,11 @@ impl Session {
                     if self.queued.first().is_some_and(|(c, _, _)| *c != channel) {
                         self.verify_queued().await?;
                     }
+                    self.queued_bytes += proof.block.as_ref().map_or(0, |b| b.value.len());
                     self.queued.push((channel, pending, proof));
+                    if self.queued_bytes >= MAX_QUEUED_BYTES {
+                        self.verify_queued().await?;
+                    }
                     return Ok(());
                 }
                 self.verify_queued().await?;
@@ -631,6 +641,7 @@ impl Session {
             return Ok(());
         }
         let queued = std::mem::take(&mut self.queued);
+        self.queued_bytes = 0;
         let channel = queued[0].0;
         let Some(core) = self.attached.get(&channel).map(|a| a.core.clone()) else {
             return Ok(());

@@ -1061,22 +1061,24 @@ impl Engine {
             }
         }
         // 2. The WAL record is the commit point.
-        let payload = postcard::to_stdvec(&wal_ops)
+        // The payload is encoded in place after a header filled in below.
+        let mut rec = Vec::with_capacity(WAL_HEADER + 64 * wal_ops.len() + 64);
+        rec.resize(WAL_HEADER, 0);
+        let mut rec = postcard::to_extend(&wal_ops, rec)
             .map_err(|_| StorageError::Corrupt("batch does not encode".into()))?;
-        if payload.len() > MAX_WAL_RECORD {
+        let payload_len = rec.len() - WAL_HEADER;
+        if payload_len > MAX_WAL_RECORD {
             return Err(StorageError::Corrupt(
                 "batch too large for one record".into(),
             ));
         }
-        let mut rec = Vec::with_capacity(WAL_HEADER + payload.len());
-        rec.extend_from_slice(&WAL_MAGIC.to_le_bytes());
-        rec.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         let mut c = crc32fast::Hasher::new();
         c.update(&self.generation.to_le_bytes());
-        c.update(&payload);
-        rec.extend_from_slice(&c.finalize().to_le_bytes());
-        rec.extend_from_slice(&self.generation.to_le_bytes());
-        rec.extend_from_slice(&payload);
+        c.update(&rec[WAL_HEADER..]);
+        rec[0..4].copy_from_slice(&WAL_MAGIC.to_le_bytes());
+        rec[4..8].copy_from_slice(&(payload_len as u32).to_le_bytes());
+        rec[8..12].copy_from_slice(&c.finalize().to_le_bytes());
+        rec[12..20].copy_from_slice(&self.generation.to_le_bytes());
         self.wal
             .write_at(&rec, self.wal_len)
             .map_err(|e| io_err("write", "wal", e))?;
