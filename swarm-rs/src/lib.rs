@@ -43,6 +43,8 @@ pub mod discovery;
 pub mod driver;
 pub mod entropy;
 pub mod identity;
+#[cfg(feature = "mdns")]
+pub mod mdns;
 pub mod mux;
 pub mod secure;
 pub mod stream;
@@ -57,6 +59,8 @@ pub use driver::{
 };
 pub use entropy::{EntropyError, EntropySource, OsEntropy, SeededEntropy};
 pub use identity::{IdentityError, KeyPair, PublicKey};
+#[cfg(feature = "mdns")]
+pub use mdns::{MdnsConfig, MdnsDiscovery};
 pub use mux::{ChannelId, Mux, MuxConfig, MuxError, MuxEvent};
 pub use secure::{HandshakeHash, Role, SecureConfig, SecureConnection, SecureError, SecureEvent};
 pub use stream::{MuxedStream, MuxedStreamError, SecureStream, StreamError};

@@ -41,6 +41,12 @@ fn main() {
 /// in-memory duplex until it holds every block, verified. Both sides run on
 /// one thread, as the JS suite's two stores share one event loop;
 /// `REPL_THREADS=2` gives each side its own thread instead.
+///
+/// replication.download.tcp: the same download into a third, empty on-disk
+/// corestore, but over TCP loopback through a swarm-rs secure stream (Noise
+/// XX handshake, identity proofs, ChaCha20-Poly1305 records), timed from the
+/// TCP connect. Not in the JS suite: compare it with the JS in-process
+/// replication.download figure.
 fn replication() -> Result<(), String> {
     let fail = |e: &dyn std::fmt::Display| format!("replication.error: {e}");
     let n = env_usize("REPL_BLOCKS", 102_400) as u64;
@@ -101,7 +107,8 @@ fn replication() -> Result<(), String> {
                 &[("block_size", size.to_string()), ("threads", "1".into())]
             )
         );
-        return Ok(());
+        let c = open_store("reader-tcp")?;
+        return replication_tcp(&a, &c, &writer, size, false).map_err(|e| fail(&e));
     }
     let (x, y) = replication::duplex();
     let a2 = a.clone();
@@ -146,6 +153,87 @@ fn replication() -> Result<(), String> {
             bytes,
             secs,
             &[("block_size", size.to_string())]
+        )
+    );
+    let c = open_store("reader-tcp")?;
+    replication_tcp(&a, &c, &writer, size, true).map_err(|e| fail(&e))
+}
+
+/// replication.download.tcp (see [`replication`]): `writer`, held by
+/// `source`, downloaded into the empty store `dest` over TCP loopback +
+/// Noise; on one thread, or each side on its own with `threads`.
+fn replication_tcp(
+    source: &Corestore,
+    dest: &Corestore,
+    writer: &Core,
+    size: usize,
+    threads: bool,
+) -> Result<(), String> {
+    use futures::future::{select, Either};
+    let n = writer.length();
+    let reader = async_io::block_on(dest.get_by_key(writer.key())).map_err(|e| e.to_string())?;
+    let t0 = Instant::now();
+    let (a, b) = async_io::block_on(ehr_benches::tcp::secure_pair()).map_err(|e| e.to_string())?;
+    let hash = a.handshake_hash().map(|h| h.as_bytes().to_vec());
+    let mut serve_options = ReplicateOptions::new(true);
+    serve_options.handshake_hash = hash.clone();
+    let mut fetch_options = ReplicateOptions::new(false);
+    fetch_options.handshake_hash = hash;
+    let source = source.clone();
+    let serve = async move {
+        source
+            .replicate(ehr_benches::tcp::frames(a), serve_options)
+            .await
+    };
+    let fetch = dest.replicate(ehr_benches::tcp::frames(b), fetch_options);
+    let r = reader.clone();
+    let work = async move {
+        r.update().await?;
+        r.download(0, n).done().await
+    };
+    let download = async move {
+        futures::pin_mut!(fetch);
+        futures::pin_mut!(work);
+        match select(fetch, work).await {
+            Either::Left((res, _)) => Err(format!("session ended: {res:?}")),
+            Either::Right((res, _)) => res.map_err(|e| e.to_string()),
+        }
+    };
+    if threads {
+        let served = std::thread::spawn(move || async_io::block_on(serve));
+        async_io::block_on(download)?;
+        // The serving session ends when the reader's end is dropped.
+        let _ = served;
+    } else {
+        async_io::block_on(async {
+            futures::pin_mut!(serve);
+            futures::pin_mut!(download);
+            match select(serve, download).await {
+                Either::Left((res, _)) => Err(format!("serving session ended: {res:?}")),
+                Either::Right((res, _)) => res,
+            }
+        })?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    if reader.length() != n || reader.contiguous_length() != n {
+        return Err(format!(
+            "reader {}/{} != writer {n}",
+            reader.length(),
+            reader.contiguous_length()
+        ));
+    }
+    println!(
+        "{}",
+        rate_line(
+            "replication.download.tcp",
+            n,
+            writer.byte_length(),
+            secs,
+            &[
+                ("block_size", size.to_string()),
+                ("threads", if threads { "2" } else { "1" }.into()),
+                ("transport", "\"tcp+noise\"".into()),
+            ]
         )
     );
     Ok(())
