@@ -55,6 +55,6 @@ pub use consent::{Grant, Role, Scope};
 pub use error::Error;
 pub use record::{
     Clock, Cursor, Head, Imported, ManualClock, Page, Query, Record, RecordBuilder, RejectedWrite,
-    Summary, SystemClock, Version, Written,
+    Summary, SystemClock, Version, Written, VIEW_NAME,
 };
 pub use view::{hex, VIEW_FORMAT};
