@@ -225,15 +225,16 @@ impl RecordBuilder {
         self
     }
 
-    async fn base(&self, key: Option<[u8; 32]>) -> Result<Autobase, Error> {
+    async fn base(&self, key: Option<[u8; 32]>) -> Result<(Corestore, Autobase), Error> {
         let store = Corestore::open_with_entropy(self.storage.clone(), &*self.entropy).await?;
-        Autobase::builder(store, RecordApply)
+        let base = Autobase::builder(store.clone(), RecordApply)
             .bootstrap(key)
             .views(&[VIEW_NAME])
             .name("ehr-record")
             .open()
             .await
-            .map_err(base_err)
+            .map_err(base_err)?;
+        Ok((store, base))
     }
 
     /// Creates a record for patient `patient_id` on storage that holds
@@ -242,8 +243,8 @@ impl RecordBuilder {
         if !valid_id(patient_id) {
             return Err(FhirError::InvalidId(patient_id.to_owned()).into());
         }
-        let base = self.base(None).await?;
-        let record = Record::assemble(self, base);
+        let (store, base) = self.base(None).await?;
+        let record = Record::assemble(self, store, base);
         if record.load_genesis().await?.is_some() {
             return Err(Error::Exists);
         }
@@ -260,8 +261,8 @@ impl RecordBuilder {
 
     /// Opens the record this device created on this storage.
     pub async fn open(self) -> Result<Record, Error> {
-        let base = self.base(None).await?;
-        let record = Record::assemble(self, base);
+        let (store, base) = self.base(None).await?;
+        let record = Record::assemble(self, store, base);
         record.load_genesis().await?.ok_or(Error::NoRecord)?;
         Ok(record)
     }
@@ -270,8 +271,8 @@ impl RecordBuilder {
     /// or another device's copy. It can read what replication brings, and
     /// write once the owner grants its [`Record::writer_key`].
     pub async fn join(self, record_key: [u8; 32]) -> Result<Record, Error> {
-        let base = self.base(Some(record_key)).await?;
-        let record = Record::assemble(self, base);
+        let (store, base) = self.base(Some(record_key)).await?;
+        let record = Record::assemble(self, store, base);
         record.load_genesis().await?;
         Ok(record)
     }
@@ -287,7 +288,10 @@ fn base_err(e: autobase_rs::Error) -> Error {
     }
 }
 
-struct Inner {
+pub(crate) struct Inner {
+    pub(crate) store: Corestore,
+    /// This device's attachments drive, opened on first use.
+    pub(crate) drive: AsyncMutex<Option<hyperdrive_rs::Drive>>,
     base: Autobase,
     clock: Arc<dyn Clock>,
     entropy: Arc<dyn Entropy>,
@@ -300,7 +304,7 @@ struct Inner {
 /// Cheap to clone; clones share everything. Writes are serialised.
 #[derive(Clone)]
 pub struct Record {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Record {
@@ -504,9 +508,11 @@ impl Record {
         }
     }
 
-    fn assemble(b: RecordBuilder, base: Autobase) -> Record {
+    fn assemble(b: RecordBuilder, store: Corestore, base: Autobase) -> Record {
         Record {
             inner: Arc::new(Inner {
+                store,
+                drive: AsyncMutex::new(None),
                 base,
                 clock: b.clock,
                 entropy: b.entropy,

@@ -188,6 +188,41 @@ async fn patient_doctor_lab_and_mirror_converge_under_consent() {
     let (_, revoked) = doctor.grant_of(&lab.writer_key()).await.unwrap().unwrap();
     assert!(revoked);
 
+    // An attachment written by the patient, read by the doctor from the
+    // patient's drive and checked against its hash.
+    let scan = vec![7u8; 200_000];
+    let a = patient.put_attachment(&scan).await.unwrap();
+    let doc = format!(
+        r#"{{"resourceType":"DocumentReference","id":"scan","status":"current","subject":{{"reference":"Patient/p"}},"content":[{{"attachment":{{"contentType":"application/dicom","url":"{}","size":{}}}}}]}}"#,
+        a.url(),
+        a.size
+    );
+    patient.put(doc.into_bytes()).await.unwrap();
+    settle(&all, || async { converged(&all).await }).await;
+    let got = doctor
+        .get("DocumentReference", "scan")
+        .await
+        .unwrap()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&got.resource.unwrap()).unwrap();
+    let url = v["content"][0]["attachment"]["url"].as_str().unwrap();
+    let size = v["content"][0]["attachment"]["size"].as_u64().unwrap();
+    let wanted = ehr_core::Attachment::parse(url, size).unwrap();
+    let bytes = doctor
+        .get_attachment(&wanted, std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(bytes, scan);
+    // A reference whose size (or hash) lies is refused.
+    let mut lying = wanted.clone();
+    lying.size += 1;
+    assert!(matches!(
+        doctor
+            .get_attachment(&lying, std::time::Duration::from_secs(10))
+            .await,
+        Err(Error::AttachmentMismatch(_))
+    ));
+
     // The mirror holds the whole record, byte for byte.
     assert_eq!(
         mirror.export_everything().await.unwrap(),
