@@ -29,6 +29,9 @@ pub enum Error {
     /// A search query that cannot be run.
     #[error("invalid query: {0}")]
     Query(String),
+    /// An attachment's content does not match its reference's hash or size.
+    #[error("attachment {0} does not match its hash or size")]
+    AttachmentMismatch(String),
     /// Storage failed (I/O, or a corrupt log).
     #[error("storage: {0}")]
     Storage(String),

@@ -43,6 +43,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod apply;
+mod attachment;
 pub mod consent;
 mod error;
 pub mod fhir;
@@ -51,10 +52,11 @@ pub mod op;
 mod record;
 mod view;
 
+pub use attachment::{Attachment, ATTACHMENT_SCHEME};
 pub use consent::{Grant, Role, Scope};
 pub use error::Error;
 pub use record::{
     Clock, Cursor, Head, Imported, ManualClock, Page, Query, Record, RecordBuilder, RejectedWrite,
-    Summary, SystemClock, Version, Written,
+    Summary, SystemClock, Version, Written, VIEW_NAME,
 };
 pub use view::{hex, VIEW_FORMAT};

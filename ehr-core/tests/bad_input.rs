@@ -19,9 +19,15 @@ async fn record() -> Record {
 
 /// Runs `f` and checks that the record did not change.
 async fn unchanged<T>(rec: &Record, f: impl std::future::Future<Output = T>) -> T {
-    let before = (rec.view_version(), rec.export_everything().await.unwrap());
+    let before = (
+        rec.view_version().await.unwrap(),
+        rec.export_everything().await.unwrap(),
+    );
     let out = f.await;
-    let after = (rec.view_version(), rec.export_everything().await.unwrap());
+    let after = (
+        rec.view_version().await.unwrap(),
+        rec.export_everything().await.unwrap(),
+    );
     assert_eq!(before, after, "the record changed");
     out
 }

@@ -148,7 +148,7 @@ fn example_bundles_import() {
                 }
             }
             let rec = record(&patient).await;
-            let before = rec.view_version();
+            let before = rec.view_version().await.unwrap();
             match rec.import_bundle(&bytes).await {
                 Ok(done) => {
                     imported += 1;
@@ -162,7 +162,11 @@ fn example_bundles_import() {
                 Err(e) => {
                     // Refused whole: nothing written, and the error is typed.
                     eprintln!("{name} ({ty}): {e}");
-                    assert_eq!(rec.view_version(), before, "{name}: partial write");
+                    assert_eq!(
+                        rec.view_version().await.unwrap(),
+                        before,
+                        "{name}: partial write"
+                    );
                     assert!(
                         !matches!(
                             ty.as_str(),
