@@ -229,3 +229,28 @@ async fn a_removed_indexer_no_longer_counts() {
     settle(&[&a, &b], || async { converged(&[&a, &b]).await }).await;
     assert_eq!(dump(&a).await.len(), 3);
 }
+
+#[tokio::test]
+async fn two_of_three_indexers_index_while_the_third_is_offline() {
+    let a = mem(None).await;
+    let b = mem(Some(a.key())).await;
+    let c = mem(Some(a.key())).await; // never connected
+    connect(&a, &b);
+    a.append(format!("a{}", hex(&b.local_writer_key())).into_bytes())
+        .await
+        .unwrap();
+    settle(&[&a, &b], || async { b.writable().await }).await;
+    a.append(format!("a{}", hex(&c.local_writer_key())).into_bytes())
+        .await
+        .unwrap();
+    settle(&[&a, &b], || async { converged(&[&a, &b]).await }).await;
+    assert_eq!(a.writers().await.iter().filter(|w| w.indexer).count(), 3);
+    let before = a.indexed_length().await;
+    for i in 0..5 {
+        a.append(format!("pa{i}=1").into_bytes()).await.unwrap();
+        b.append(format!("pb{i}=1").into_bytes()).await.unwrap();
+    }
+    settle(&[&a, &b], || async { converged(&[&a, &b]).await }).await;
+    assert!(a.indexed_length().await > before + 10);
+    assert_eq!(dump(&a).await.len(), 10);
+}
