@@ -160,8 +160,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SecureStream<S> {
             }
             // Every send moves the keep-alive deadline later. A timer armed
             // for an earlier instant is kept (it wakes us early, and we
-            // re-arm then): re-creating it on every poll costs more than the
-            // whole record's bookkeeping.
+            // re-arm then) rather than replaced by a new timer on every
+            // poll (cheap with async-io, but churn for any clock).
             let (at, sleep) = match &mut self.sleep {
                 Some((at, sleep)) if *at <= deadline => (*at, sleep),
                 slot => {
