@@ -50,6 +50,7 @@ pub mod fhir;
 mod json;
 pub mod op;
 mod record;
+mod sync;
 mod view;
 
 pub use attachment::{Attachment, ATTACHMENT_SCHEME};
