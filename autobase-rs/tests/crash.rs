@@ -3,7 +3,11 @@
 //! its view must hold the values of an in-order prefix that includes every
 //! flushed one, the indexed view must match the tip (a lone indexer indexes
 //! everything), and it must keep working.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::field_reassign_with_default)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::field_reassign_with_default
+)]
 
 mod common;
 use common::*;
