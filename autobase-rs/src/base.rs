@@ -454,8 +454,21 @@ impl Autobase {
 
     /// Whether this peer is a writer at the tip of the linearized view.
     pub async fn writable(&self) -> bool {
-        let st = self.inner.state.lock().await;
+        let mut st = self.inner.state.lock().await;
+        if self.materialize(&mut st).await.is_err() {
+            return st.base_host.is_writer(&self.inner.local_key);
+        }
         st.tip_host().is_writer(&self.inner.local_key)
+    }
+
+    /// Whether this peer may append: a writer at the indexed point, or else
+    /// at the tip (which needs the tail applied).
+    async fn may_write(&self, st: &mut State) -> Result<bool, Error> {
+        if st.base_host.is_writer(&self.inner.local_key) {
+            return Ok(true);
+        }
+        self.materialize(st).await?;
+        Ok(st.tip_host().is_writer(&self.inner.local_key))
     }
 
     /// Appends one value.
@@ -469,7 +482,7 @@ impl Autobase {
             return Err(Error::Empty);
         }
         let mut st = self.inner.state.lock().await;
-        if !st.tip_host().is_writer(&self.inner.local_key) {
+        if !self.may_write(&mut st).await? {
             return Err(Error::NotWritable);
         }
         // Take in what arrived first: the new node then names fresh heads
@@ -483,7 +496,7 @@ impl Autobase {
     /// Appends an ack (if this peer is a writer): confirms what it has seen.
     pub async fn ack(&self) -> Result<(), Error> {
         let mut st = self.inner.state.lock().await;
-        if !st.tip_host().is_writer(&self.inner.local_key) {
+        if !self.may_write(&mut st).await? {
             return Err(Error::NotWritable);
         }
         self.write_local(&mut st, Body::Ack).await?;
@@ -506,18 +519,21 @@ impl Autobase {
     /// Number of linearized nodes (indexed + optimistic tail).
     pub async fn length(&self) -> u64 {
         let st = self.inner.state.lock().await;
-        st.lin.committed_count() + st.applied.len() as u64
+        st.lin.committed_count() + st.lin.uncommitted_count() as u64
     }
 
     /// Number of blocks rejected so far in linear order (by `apply`, or
     /// written by non-writers).
     pub async fn rejected(&self) -> u64 {
-        self.inner.state.lock().await.tip_rejected()
+        let mut st = self.inner.state.lock().await;
+        let _ = self.materialize(&mut st).await;
+        st.tip_rejected()
     }
 
     /// A read-only snapshot of a view at the tip.
     pub async fn view(&self, name: &str) -> Result<Snapshot, Error> {
-        let st = self.inner.state.lock().await;
+        let mut st = self.inner.state.lock().await;
+        self.materialize(&mut st).await?;
         st.bees
             .iter()
             .find(|(n, _)| n == name)
@@ -528,7 +544,8 @@ impl Autobase {
     /// A read-only snapshot of a view at a past `version` (view core length).
     pub async fn checkout(&self, name: &str, version: u64) -> Result<Snapshot, Error> {
         let bee = {
-            let st = self.inner.state.lock().await;
+            let mut st = self.inner.state.lock().await;
+            self.materialize(&mut st).await?;
             st.bees
                 .iter()
                 .find(|(n, _)| n == name)
@@ -563,7 +580,8 @@ impl Autobase {
 
     /// The view's tree hash at the tip (indexed + tail).
     pub async fn view_tip_hash(&self, name: &str) -> Result<[u8; 32], Error> {
-        let st = self.inner.state.lock().await;
+        let mut st = self.inner.state.lock().await;
+        self.materialize(&mut st).await?;
         let i = st
             .bees
             .iter()
@@ -574,7 +592,9 @@ impl Autobase {
 
     /// The writers at the tip.
     pub async fn writers(&self) -> Vec<WriterInfo> {
-        self.inner.state.lock().await.tip_host().writers.clone()
+        let mut st = self.inner.state.lock().await;
+        let _ = self.materialize(&mut st).await;
+        st.tip_host().writers.clone()
     }
 
     /// The heads: every known writer's key and known log length, by key.
@@ -796,11 +816,11 @@ impl Autobase {
     /// Linearizes, applies, commits, acks; repeats until nothing changes.
     async fn settle(&self, st: &mut State) -> Result<(), Error> {
         loop {
-            let before = (st.lin.committed_count(), st.applied.len());
+            let before = (st.lin.committed_count(), st.lin.uncommitted_count());
             let mut committed_any = false;
             loop {
                 let order = st.lin.order();
-                self.apply_order(st, &order).await?;
+                self.apply_order(st, &order, order.final_len).await?;
                 let (n, changed) = {
                     let mut n = 0;
                     let mut changed = false;
@@ -844,7 +864,13 @@ impl Autobase {
                 self.persist(st).await?;
             }
             // Open inputs of writers added in the tail, and read them.
-            let keys: Vec<[u8; 32]> = st.tip_host().writers.iter().map(|w| w.key).collect();
+            let keys: Vec<[u8; 32]> = st
+                .tip_host()
+                .writers
+                .iter()
+                .chain(st.base_host.writers.iter())
+                .map(|w| w.key)
+                .collect();
             let mut opened = false;
             for k in keys {
                 if st
@@ -868,7 +894,7 @@ impl Autobase {
                 self.write_local(st, Body::Ack).await?;
                 continue;
             }
-            let after = (st.lin.committed_count(), st.applied.len());
+            let after = (st.lin.committed_count(), st.lin.uncommitted_count());
             if after != before || opened {
                 self.emit(Event::Updated {
                     length: after.0 + after.1 as u64,
@@ -888,12 +914,11 @@ impl Autobase {
         if !st.base_host.is_indexer(&self.inner.local_key) {
             return false;
         }
-        let pending_values = st.applied.iter().any(|a| {
-            matches!(
-                st.blocks.get(&a.node).map(|b| &b.body),
-                Some(Body::Values(_))
-            )
-        });
+        // `blocks` holds exactly the uncommitted nodes.
+        let pending_values = st
+            .blocks
+            .values()
+            .any(|b| matches!(b.body, Body::Values(_)));
         if !pending_values {
             return false;
         }
@@ -902,7 +927,7 @@ impl Autobase {
 
     /// Brings the applied list in line with `order`: rolls views back to the
     /// first changed position, then applies the rest.
-    async fn apply_order(&self, st: &mut State, order: &Order) -> Result<(), Error> {
+    async fn apply_order(&self, st: &mut State, order: &Order, upto: usize) -> Result<(), Error> {
         let p = st
             .applied
             .iter()
@@ -916,10 +941,17 @@ impl Autobase {
             });
         }
         self.sync_views(st).await?;
-        for &id in &order.nodes[p..] {
+        for &id in order.nodes.iter().take(upto).skip(p) {
             self.apply_node(st, id).await?;
         }
         Ok(())
+    }
+
+    /// Applies the optimistic tail too (it is applied lazily: only reads of
+    /// the tip need it, and every commit could reorder it).
+    async fn materialize(&self, st: &mut State) -> Result<(), Error> {
+        let order = st.lin.order();
+        self.apply_order(st, &order, order.nodes.len()).await
     }
 
     /// Truncates views that hold more than the applied list says (after a

@@ -333,7 +333,7 @@ impl Linearizer {
                 height = height.max(h.height);
             }
         }
-        (heads, height + 1)
+        (heads, height.saturating_add(1))
     }
 
     /// Adds node `seq` of `writer` naming `heads` (other writers' nodes it
@@ -407,7 +407,7 @@ impl Linearizer {
                 }
             }
         }
-        if height != max_h + 1 {
+        if max_h.checked_add(1) != Some(height) {
             return Err(LinearizeError::Invalid(
                 "height is not 1 + the parents' largest",
             ));

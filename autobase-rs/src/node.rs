@@ -79,6 +79,19 @@ pub struct Node {
     pub heads: Vec<([u8; 32], u64)>,
 }
 
+impl Node {
+    /// A node (for tests of `apply` logic outside a base).
+    pub fn new(writer: [u8; 32], seq: u64, value: Vec<u8>) -> Self {
+        Node {
+            writer,
+            seq,
+            index: 0,
+            value,
+            heads: Vec::new(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

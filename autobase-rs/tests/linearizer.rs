@@ -110,23 +110,31 @@ fn add(l: &mut Linearizer, n: &GenNode, heights: &BTreeMap<(u32, u64), u64>) -> 
     l.add_node(id, n.seq, &heads, n.height).is_ok()
 }
 
+fn cases(default: u32) -> u32 {
+    std::env::var("AB_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn steps() -> impl Strategy<Value = Vec<Step>> {
     prop::collection::vec(
         prop_oneof![
             3 => (0u32..8).prop_map(Step::Write),
             2 => (0u32..8, 0u32..8).prop_map(|(a, b)| Step::Sync(a, b)),
         ],
-        1..120,
+        1..160,
     )
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    // AB_CASES=5000 for a longer run.
+    #![proptest_config(ProptestConfig { cases: cases(200), ..ProptestConfig::default() })]
 
     #[test]
     fn converges_causal_and_final(
-        writers in 1u32..6,
-        n_indexers in 1u32..4,
+        writers in 1u32..7,
+        n_indexers in 1u32..6,
         steps in steps(),
         orders in prop::collection::vec(any::<u64>(), 3),
     ) {

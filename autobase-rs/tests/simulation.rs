@@ -77,7 +77,7 @@ enum Liar {
     MissingHead,
 }
 
-async fn run(seed: u64, liar: Liar) {
+async fn run(seed: u64, liar: Liar, c_indexes: bool) {
     let mut rng = Rng(seed | 1);
     let mut peers: Vec<Peer> = Vec::new();
     for i in 0..3 {
@@ -100,7 +100,8 @@ async fn run(seed: u64, liar: Liar) {
     a.append(format!("a{}", hex(&keys[1])).into_bytes())
         .await
         .unwrap();
-    a.append(format!("w{}", hex(&keys[2])).into_bytes())
+    let role = if c_indexes { "a" } else { "w" };
+    a.append(format!("{role}{}", hex(&keys[2])).into_bytes())
         .await
         .unwrap();
     drop(a);
@@ -235,14 +236,23 @@ async fn run(seed: u64, liar: Liar) {
 #[tokio::test]
 async fn seeded_partitions_and_restarts() {
     for seed in 1..=6u64 {
-        run(seed * 0x9e37_79b9, Liar::None).await;
+        run(seed * 0x9e37_79b9, Liar::None, false).await;
     }
 }
 
 #[tokio::test]
 async fn a_lying_writer_cannot_stall_the_others() {
     for seed in 1..=3u64 {
-        run(seed * 0x51_7cc1, Liar::Malformed).await;
-        run(seed * 0x2545_f491, Liar::MissingHead).await;
+        run(seed * 0x51_7cc1, Liar::Malformed, false).await;
+        run(seed * 0x2545_f491, Liar::MissingHead, false).await;
+    }
+}
+
+#[tokio::test]
+async fn three_indexers_through_partitions_and_restarts() {
+    // c is an indexer too, and is removed in the last round: a and b stay a
+    // majority of the remaining two.
+    for seed in 1..=4u64 {
+        run(seed * 0x3c6e_f372, Liar::None, true).await;
     }
 }
