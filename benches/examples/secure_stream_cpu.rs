@@ -93,4 +93,44 @@ fn main() {
             t0.elapsed().as_secs_f64(),
         );
     }
+
+    // Each side on its own thread: what the sender's and the receiver's
+    // core each spend.
+    for round in 1..=2 {
+        let frame = frame.clone();
+        let t0 = Instant::now();
+        let sender = std::thread::spawn(move || {
+            let c0 = cpu_ns();
+            block_on(async {
+                for _ in 0..frames {
+                    a.feed(frame.clone()).await.expect("send");
+                }
+                a.flush().await.expect("flush");
+            });
+            (a, cpu_ns().zip(c0).map(|(b, a)| b - a))
+        });
+        let c0 = cpu_ns();
+        block_on(async {
+            for _ in 0..frames {
+                let got = b.next().await.expect("open").expect("frame");
+                assert_eq!(got.len(), FRAME);
+            }
+        });
+        let receive_cpu = cpu_ns().zip(c0).map(|(b, a)| b - a);
+        let wall = t0.elapsed().as_secs_f64();
+        let (back, send_cpu) = sender.join().expect("sender thread");
+        a = back;
+        report(
+            &format!("sender alone (own thread), round {round}"),
+            frames,
+            send_cpu,
+            wall,
+        );
+        report(
+            &format!("receiver alone (own thread), round {round}"),
+            frames,
+            receive_cpu,
+            wall,
+        );
+    }
 }

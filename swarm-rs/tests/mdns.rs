@@ -18,8 +18,8 @@ use futures::task::LocalSpawnExt;
 use futures::{SinkExt, StreamExt};
 use swarm_rs::mdns::MDNS_GROUP;
 use swarm_rs::{
-    Discovery, JoinMode, KeyPair, MdnsConfig, MdnsDiscovery, SwarmBuilder, SystemClock,
-    TcpTransport, Topic,
+    Discovery, DriverConfig, JoinMode, KeyPair, MdnsConfig, MdnsDiscovery, SwarmBuilder,
+    SystemClock, TcpTransport, Topic,
 };
 
 /// A UDP port free right now.
@@ -123,7 +123,11 @@ fn two_swarms_meet_over_mdns_and_tcp() {
     let mut peers = Vec::new();
     for (seed, mode) in [(1u8, server), (2, client)] {
         let discovery = MdnsDiscovery::bind(config(port), Arc::new(SystemClock)).unwrap();
-        let builder = SwarmBuilder::new(KeyPair::from_seed([seed; 32]));
+        // Look up again every second, not every 10 s: the client's first
+        // lookup may come before the server's announcement.
+        let mut driver_config = DriverConfig::default();
+        driver_config.refresh_interval = Duration::from_secs(1);
+        let builder = SwarmBuilder::new(KeyPair::from_seed([seed; 32])).config(driver_config);
         let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let bind = builder.bind(TcpTransport, discovery, &addr);
         let (handle, connections, driver) = pool.run_until(bind).unwrap();
@@ -132,7 +136,7 @@ fn two_swarms_meet_over_mdns_and_tcp() {
         peers.push((handle, connections));
     }
     let (mut a, mut b) = pool.run_until(async {
-        let deadline = async_io::Timer::after(Duration::from_secs(20));
+        let deadline = async_io::Timer::after(Duration::from_secs(60));
         let meet = async {
             let a = peers[0].1.next().await.expect("a connection");
             let b = peers[1].1.next().await.expect("a connection");
@@ -140,7 +144,7 @@ fn two_swarms_meet_over_mdns_and_tcp() {
         };
         match futures::future::select(Box::pin(meet), deadline).await {
             futures::future::Either::Left((pair, _)) => pair,
-            futures::future::Either::Right(_) => panic!("the swarms did not meet within 20 s"),
+            futures::future::Either::Right(_) => panic!("the swarms did not meet within 60 s"),
         }
     });
     assert_eq!(a.remote_public_key(), peers[1].0.public_key());
