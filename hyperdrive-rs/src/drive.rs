@@ -717,8 +717,8 @@ impl Drive {
         b.flush().await
     }
 
-    /// Writes a file from a reader of any size with bounded memory (one
-    /// 1 MiB buffer); returns the new version.
+    /// Writes a file from a reader of any size with bounded memory (at most
+    /// `WRITE_CHUNKS` chunks, 1 MiB); returns the new version.
     pub async fn put_stream<R: AsyncRead + Unpin>(
         &self,
         path: &str,
