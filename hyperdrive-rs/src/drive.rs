@@ -717,8 +717,8 @@ impl Drive {
         b.flush().await
     }
 
-    /// Writes a file from a reader of any size with bounded memory (one
-    /// 1 MiB buffer); returns the new version.
+    /// Writes a file from a reader of any size with bounded memory (at most
+    /// `WRITE_CHUNKS` chunks, 1 MiB); returns the new version.
     pub async fn put_stream<R: AsyncRead + Unpin>(
         &self,
         path: &str,
@@ -860,8 +860,10 @@ struct BlobWriter {
     chunk: usize,
     /// Full chunks not appended yet (at most `WRITE_CHUNKS`).
     full: Vec<Vec<u8>>,
-    /// The chunk being filled.
+    /// The chunk being filled: empty, or `chunk` bytes of which the first
+    /// `filled` are content (the rest zeroes, so a reader can fill it).
     cur: Vec<u8>,
+    filled: usize,
     hasher: blake3::Hasher,
     block_offset: u64,
     byte_offset: u64,
@@ -876,6 +878,7 @@ impl BlobWriter {
             chunk,
             full: Vec::with_capacity(WRITE_CHUNKS),
             cur: Vec::new(),
+            filled: 0,
             hasher: blake3::Hasher::new(),
             block_offset: blobs.length(),
             byte_offset: blobs.byte_length(),
@@ -883,28 +886,51 @@ impl BlobWriter {
         }
     }
 
-    fn cap(&self) -> usize {
-        self.chunk * WRITE_CHUNKS
+    /// The free part of the chunk being filled (a new chunk if needed).
+    fn spare(&mut self) -> &mut [u8] {
+        if self.cur.is_empty() {
+            self.cur = vec![0u8; self.chunk];
+            self.filled = 0;
+        }
+        &mut self.cur[self.filled..]
     }
 
-    async fn write(&mut self, mut data: &[u8]) -> Result<()> {
-        self.hasher.update(data);
-        self.len += data.len() as u64;
-        while !data.is_empty() {
-            if self.cur.capacity() == 0 {
-                self.cur.reserve_exact(self.chunk);
-            }
-            let n = (self.chunk - self.cur.len()).min(data.len());
-            self.cur.extend_from_slice(&data[..n]);
-            data = &data[n..];
-            if self.cur.len() == self.chunk {
-                self.full.push(std::mem::take(&mut self.cur));
-                if self.full.len() == WRITE_CHUNKS {
-                    self.spill().await?;
-                }
+    /// Counts `n` bytes just written into [`BlobWriter::spare`].
+    async fn filled(&mut self, n: usize) -> Result<()> {
+        let end = (self.filled + n).min(self.cur.len());
+        self.hasher.update(&self.cur[self.filled..end]);
+        self.len += (end - self.filled) as u64;
+        self.filled = end;
+        if self.filled == self.chunk {
+            self.full.push(std::mem::take(&mut self.cur));
+            self.filled = 0;
+            if self.full.len() == WRITE_CHUNKS {
+                self.spill().await?;
             }
         }
         Ok(())
+    }
+
+    async fn write(&mut self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            let spare = self.spare();
+            let n = spare.len().min(data.len());
+            spare[..n].copy_from_slice(&data[..n]);
+            data = &data[n..];
+            self.filled(n).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads once from `reader` straight into the chunk being filled (no
+    /// intermediate buffer); returns how many bytes came (0: the end).
+    async fn read_from<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> Result<usize> {
+        let n = reader
+            .read(self.spare())
+            .await
+            .map_err(|e| Error::io(None, e))?;
+        self.filled(n).await?;
+        Ok(n)
     }
 
     /// Appends the full chunks (the chunks move into storage, no copy).
@@ -927,8 +953,11 @@ impl BlobWriter {
     }
 
     async fn finish(mut self) -> Result<(Blob, [u8; 32])> {
-        if !self.cur.is_empty() {
-            self.full.push(std::mem::take(&mut self.cur));
+        if self.filled > 0 {
+            let mut last = std::mem::take(&mut self.cur);
+            last.truncate(self.filled);
+            self.full.push(last);
+            self.filled = 0;
         }
         self.spill().await?;
         let blocks = blocks_for(self.len, self.chunk as u64);
@@ -995,17 +1024,11 @@ impl DriveBatch {
         let key = key_of(&file_segments(path)?);
         check_metadata(&options.metadata)?;
         let mut w = BlobWriter::new(&self.drive.inner.blobs, self.drive.inner.chunk);
-        let mut buf = vec![0u8; w.cap()];
         loop {
-            let n = match reader.read(&mut buf).await {
-                Ok(n) => n,
-                Err(e) => return Err(w.abandon(Error::io(None, e)).await),
-            };
-            if n == 0 {
-                break;
-            }
-            if let Err(e) = w.write(&buf[..n]).await {
-                return Err(w.abandon(e).await);
+            match w.read_from(&mut reader).await {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => return Err(w.abandon(e).await),
             }
         }
         let len = w.len;

@@ -516,3 +516,60 @@ fn a_failed_streaming_write_keeps_the_old_file_and_frees_its_chunks() {
         assert_eq!(d.get("/g").await.unwrap().unwrap(), b"new");
     });
 }
+
+/// Hands out a body in pieces of varying size (1 byte to ~7 KB), like a
+/// socket would.
+struct Trickle {
+    body: Vec<u8>,
+    pos: usize,
+    step: usize,
+}
+
+impl futures::io::AsyncRead for Trickle {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.step = (self.step * 31 + 7) % 7001;
+        let n = (self.step + 1)
+            .min(buf.len())
+            .min(self.body.len() - self.pos);
+        let pos = self.pos;
+        buf[..n].copy_from_slice(&self.body[pos..pos + n]);
+        self.pos += n;
+        std::task::Poll::Ready(Ok(n))
+    }
+}
+
+#[test]
+fn a_trickling_stream_stores_what_a_whole_put_stores() {
+    block_on(async {
+        let d = drive().await;
+        for len in [
+            0usize,
+            1,
+            CHUNK_SIZE as usize,
+            17 * CHUNK_SIZE as usize + 4321,
+        ] {
+            let body = data(len, 3);
+            let reader = Trickle {
+                body: body.clone(),
+                pos: 0,
+                step: 1,
+            };
+            d.put_stream("/s", reader, PutOptions::default())
+                .await
+                .unwrap();
+            d.put("/w", &body).await.unwrap();
+            let s = d.entry("/s").await.unwrap().unwrap();
+            let w = d.entry("/w").await.unwrap().unwrap();
+            assert_eq!(s.size(), len as u64);
+            assert_eq!(s.hash(), w.hash());
+            assert_eq!(s.hash(), Some(*blake3::hash(&body).as_bytes()));
+            let blob = s.blob().unwrap();
+            assert_eq!(blob.block_length, (len as u64).div_ceil(CHUNK_SIZE));
+            assert_eq!(read_all(&d, "/s", ReadRange::all()).await.unwrap(), body);
+        }
+    });
+}

@@ -180,6 +180,9 @@ impl VfsFile for StdFile {
         // One `pwritev` instead of joining the buffers (no copy, no big
         // temporary allocation); short writes continue where they stopped.
         const MAX_IOV: usize = 1024;
+        if let [one] = bufs {
+            return self.write_at(one, offset);
+        }
         let mut first = 0;
         let mut skip = 0;
         while first < bufs.len() {
