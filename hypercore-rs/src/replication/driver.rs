@@ -188,8 +188,14 @@ where
     let mut stream = stream.fuse();
     let (out_tx, mut out_rx) = mpsc::unbounded::<Vec<u8>>();
     let writer = async move {
+        // Feed every frame that is already queued, then flush once: one
+        // flush per frame cost a system call per message on TCP.
         while let Some(frame) = out_rx.next().await {
-            sink.send(frame).await?;
+            sink.feed(frame).await?;
+            while let Some(Some(frame)) = try_next(&mut out_rx).await {
+                sink.feed(frame).await?;
+            }
+            sink.flush().await?;
         }
         sink.close().await
     };
