@@ -9,7 +9,10 @@
 //! - [`op`]: what writers append (versioned postcard).
 //! - [`consent`]: grants in SMART scope syntax.
 //! - [`apply`]: the deterministic record logic over a small key-value trait.
-//! - [`Record`]: the public API.
+//! - [`Record`]: the public API: a record is an autobase whose writers are
+//!   the patient's devices and granted providers; attachments live in
+//!   hyperdrives ([`Attachment`]); peers meet over swarm-rs on the record's
+//!   discovery key behind a firewall that follows the grants.
 //!
 //! ```
 //! use std::sync::Arc;
