@@ -64,3 +64,9 @@ pub use record::{
     Summary, SystemClock, Version, Written, VIEW_NAME,
 };
 pub use view::{hex, VIEW_FORMAT};
+
+/// Storage for records: hypercore-rs's storage trait and its in-memory and
+/// on-disk implementations.
+pub mod storage {
+    pub use hypercore_rs::{DiskStorage, MemoryStorage, Storage};
+}

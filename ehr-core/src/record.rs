@@ -502,7 +502,21 @@ fn corrupt(what: &[u8]) -> Error {
 }
 
 impl Record {
-    /// How to create or open a record on `storage`.
+    /// A builder on fresh in-memory storage (tests, simulations).
+    pub fn in_memory() -> RecordBuilder {
+        Record::builder(Arc::new(hypercore_rs::MemoryStorage::new()))
+    }
+
+    /// A builder on on-disk storage in `dir` (created if missing; one
+    /// process at a time).
+    pub fn on_disk(dir: impl AsRef<std::path::Path>) -> Result<RecordBuilder, Error> {
+        let storage = hypercore_rs::DiskStorage::open(dir.as_ref())
+            .map_err(|e| Error::Storage(e.to_string()))?;
+        Ok(Record::builder(Arc::new(storage)))
+    }
+
+    /// How to create or open a record on any [`Storage`] (hypercore-rs's
+    /// storage trait: in-memory, on-disk, or the application's own).
     pub fn builder(storage: Arc<dyn Storage>) -> RecordBuilder {
         RecordBuilder {
             storage,
