@@ -794,6 +794,12 @@ impl Record {
             resource_type: resource.resource_type().to_owned(),
             id: resource.id().ok_or(FhirError::MissingId)?.to_owned(),
         };
+        // The same check `apply` makes, so an owner's write (appended
+        // without a dry run) can never be refused after it is logged.
+        match self.load_genesis().await? {
+            Some(g) => resource.check_patient(&g.patient)?,
+            None => return Err(crate::apply::Rejection::NoGenesis.into()),
+        }
         self.submit(OpBody::Put {
             resource: resource.into_bytes(),
             expect,
