@@ -231,6 +231,7 @@ struct Inner {
     key: [u8; 32],
     local_key: [u8; 32],
     record_key: Vec<u8>,
+    clock: Option<Arc<dyn hypercore_rs::Clock>>,
     apply: Box<dyn Apply>,
     state: AsyncMutex<State>,
     events: Mutex<Vec<futures::channel::mpsc::UnboundedSender<Event>>>,
@@ -257,6 +258,7 @@ pub struct AutobaseBuilder {
     bootstrap: Option<[u8; 32]>,
     views: Vec<String>,
     name: String,
+    clock: Option<Arc<dyn hypercore_rs::Clock>>,
 }
 
 impl std::fmt::Debug for AutobaseBuilder {
@@ -282,6 +284,13 @@ impl AutobaseBuilder {
     /// Named hyperbee views (default `["view"]`).
     pub fn views(mut self, names: &[&str]) -> Self {
         self.views = names.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// The time source for replication timeouts (the linearizer itself
+    /// needs no time). Default: hypercore-rs's `ThreadClock`.
+    pub fn clock(mut self, clock: Arc<dyn hypercore_rs::Clock>) -> Self {
+        self.clock = Some(clock);
         self
     }
 
@@ -370,6 +379,7 @@ impl AutobaseBuilder {
             key,
             local_key: local_core.key(),
             record_key,
+            clock: self.clock,
             apply: self.apply,
             state: AsyncMutex::new(State {
                 lin,
@@ -418,6 +428,7 @@ impl Autobase {
             bootstrap: None,
             views: vec!["view".to_string()],
             name: "default".to_string(),
+            clock: None,
         }
     }
 
@@ -429,6 +440,11 @@ impl Autobase {
     /// The discovery key of the base.
     pub fn discovery_key(&self) -> [u8; 32] {
         hypercore_rs::discovery_key(&self.inner.key)
+    }
+
+    /// The corestore the base keeps its cores in.
+    pub fn store(&self) -> &Corestore {
+        &self.inner.store
     }
 
     /// This peer's input core key.
@@ -456,6 +472,9 @@ impl Autobase {
         if !st.tip_host().is_writer(&self.inner.local_key) {
             return Err(Error::NotWritable);
         }
+        // Take in what arrived first: the new node then names fresh heads
+        // (acking others' nodes) and the tail stays short.
+        self.pull(&mut st).await?;
         let body = Body::Values(values.into_iter().map(serde_bytes::ByteBuf::from).collect());
         self.write_local(&mut st, body).await?;
         self.settle(&mut st).await
@@ -504,6 +523,30 @@ impl Autobase {
             .find(|(n, _)| n == name)
             .map(|(_, b)| b.snapshot())
             .ok_or_else(|| Error::UnknownView(name.to_string()))
+    }
+
+    /// A read-only snapshot of a view at a past `version` (view core length).
+    pub async fn checkout(&self, name: &str, version: u64) -> Result<Snapshot, Error> {
+        let bee = {
+            let st = self.inner.state.lock().await;
+            st.bees
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, b)| b.clone())
+                .ok_or_else(|| Error::UnknownView(name.to_string()))?
+        };
+        Ok(bee.checkout(version).await?)
+    }
+
+    /// The view's core length at the indexed length.
+    pub async fn view_indexed_version(&self, name: &str) -> Result<u64, Error> {
+        let st = self.inner.state.lock().await;
+        let i = st
+            .bees
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or_else(|| Error::UnknownView(name.to_string()))?;
+        Ok(st.base_views[i].length)
     }
 
     /// The Merkle tree hash of a view at the indexed length: equal on every
@@ -565,9 +608,13 @@ impl Autobase {
             + Send
             + 'static,
     {
+        let mut options = ReplicateOptions::new(initiator);
+        if let Some(c) = &self.inner.clock {
+            options.clock = c.clone();
+        }
         self.inner
             .store
-            .replicate(io, ReplicateOptions::new(initiator))
+            .replicate(io, options)
             .await
             .map_err(|e| Error::Replication(e.to_string()))
     }
@@ -641,6 +688,11 @@ impl Autobase {
         if core.length() != seq {
             // Our own input holds blocks the linearizer has not read yet.
             self.pull(st).await?;
+            if core.length() != st.lin.log_len(local) {
+                // Something else wrote into our input and it was rejected:
+                // every peer ignores the rest of it, so writing is pointless.
+                return Err(Error::InputRejected);
+            }
             return Box::pin(self.write_local(st, block.body)).await;
         }
         core.append(&block.encode()).await?;
@@ -785,9 +837,8 @@ impl Autobase {
                     for k in keys {
                         self.input(st, k).await?;
                     }
-                    continue;
                 }
-                break;
+                // The next decision may already be made.
             }
             if committed_any {
                 self.persist(st).await?;

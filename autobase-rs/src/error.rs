@@ -22,6 +22,10 @@ pub enum Error {
     /// The stored system record is unreadable.
     #[error("corrupt autobase state: {0}")]
     Corrupt(&'static str),
+    /// This peer's input core holds a block every peer rejects (written
+    /// outside this base, or malformed): its later blocks are ignored.
+    #[error("this peer's input was rejected")]
+    InputRejected,
     /// An empty batch was given to append.
     #[error("an append needs at least one value")]
     Empty,

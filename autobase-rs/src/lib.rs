@@ -48,4 +48,21 @@ mod node;
 
 pub use base::{Apply, Autobase, AutobaseBuilder, Event, Host, View, WriterInfo};
 pub use error::{ApplyError, Error};
-pub use node::{Node, NODE_VERSION};
+pub use node::{Node, MAX_HEADS, NODE_VERSION};
+
+/// The README's example, compiled and run as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctest;
+
+#[cfg(test)]
+mod tests {
+    fn send_sync<T: Send + Sync + 'static>() {}
+
+    #[test]
+    fn handles_are_send_and_sync() {
+        send_sync::<crate::Autobase>();
+        send_sync::<crate::Host>();
+        send_sync::<crate::Event>();
+    }
+}

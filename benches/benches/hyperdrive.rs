@@ -1,4 +1,4 @@
-//! Criterion benchmarks of hyperdrive-rs: writing and reading a 64 MiB file
+//! Criterion benchmarks of hyperdrive-rs: writing and reading a 256 MiB file
 //! on disk (streamed, bounded buffers), listing a folder of 100,000 files,
 //! mirroring a 1,000-file local folder into a drive, and ranged-read latency.
 
@@ -13,7 +13,7 @@ use hyperdrive_rs::mirror::local_to_drive;
 use hyperdrive_rs::{Drive, MirrorOptions, PutOptions, ReadRange};
 use std::sync::Arc;
 
-const BIG: usize = 64 << 20;
+const BIG: usize = 256 << 20;
 
 fn disk_drive(dir: &tempfile::TempDir) -> Drive {
     let storage = Arc::new(DiskStorage::open(dir.path()).expect("disk"));
@@ -37,7 +37,7 @@ fn large_file(c: &mut Criterion) {
     let mut g = c.benchmark_group("large_file");
     g.throughput(Throughput::Bytes(BIG as u64));
     g.sample_size(10);
-    g.bench_function("disk/write_stream/64MiB", |b| {
+    g.bench_function("disk/write_stream/256MiB", |b| {
         b.iter_batched(
             || {
                 let dir = tempfile::tempdir().expect("tempdir");
@@ -58,7 +58,7 @@ fn large_file(c: &mut Criterion) {
     });
     // The same write without the final flush: the write path itself (the
     // storage makes it durable at its next checkpoint or flush).
-    g.bench_function("disk/write_stream_unflushed/64MiB", |b| {
+    g.bench_function("disk/write_stream_unflushed/256MiB", |b| {
         b.iter_batched(
             || {
                 let dir = tempfile::tempdir().expect("tempdir");
@@ -89,7 +89,7 @@ fn large_file(c: &mut Criterion) {
         .expect("put");
         d.flush().await.expect("flush");
     });
-    g.bench_function("disk/read_stream_verified/64MiB", |b| {
+    g.bench_function("disk/read_stream_verified/256MiB", |b| {
         b.iter(|| {
             block_on(async {
                 let mut s = d.read("/f", ReadRange::all()).await.expect("read");

@@ -778,8 +778,9 @@ impl Batch {
             return Err(Error::Conflict);
         }
         let flush = self.tree.finish(self.base, &self.ops);
-        let version = core.append_batch(&flush.blocks).await?;
+        let version = core.append_owned(flush.blocks).await?;
         let cache = &self.bee.store().cache;
+        cache.remove_superseded(&flush.superseded);
         for (p, n) in flush.written {
             cache.insert(p, n);
         }

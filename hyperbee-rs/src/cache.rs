@@ -8,13 +8,13 @@
 //! can never serve stale data.
 
 use crate::node::{Node, Ptr};
-use std::collections::HashMap;
+use hypercore_rs::fast_hash::FastMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 #[derive(Default)]
 struct Generations {
-    young: HashMap<Ptr, Arc<Node>>,
-    old: HashMap<Ptr, Arc<Node>>,
+    young: FastMap<Ptr, Arc<Node>>,
+    old: FastMap<Ptr, Arc<Node>>,
     young_bytes: usize,
 }
 
@@ -49,6 +49,20 @@ impl NodeCache {
     pub(crate) fn insert(&self, ptr: Ptr, node: Arc<Node>) {
         let mut g = self.lock();
         Self::put(&mut g, self.budget, ptr, node);
+    }
+
+    /// Forgets nodes that the head no longer references (a flush rewrote
+    /// them): they stay readable from storage for old checkouts, and the
+    /// budget goes to nodes the next writes and reads will use.
+    pub(crate) fn remove_superseded(&self, ptrs: &[Ptr]) {
+        let mut g = self.lock();
+        for p in ptrs {
+            if let Some(n) = g.young.remove(p) {
+                g.young_bytes = g.young_bytes.saturating_sub(n.weight());
+            } else {
+                g.old.remove(p);
+            }
+        }
     }
 
     fn put(g: &mut Generations, budget: usize, ptr: Ptr, node: Arc<Node>) {
@@ -88,5 +102,18 @@ mod tests {
             assert!(total <= 64 * 1024 + 2 * Node::leaf().weight());
         }
         assert!(c.get(&Ptr { seq: 1, slot: 0 }).is_none());
+    }
+
+    #[test]
+    fn superseded_nodes_are_forgotten_and_their_budget_returned() {
+        let c = NodeCache::new(64 * 1024);
+        let a = Ptr { seq: 1, slot: 0 };
+        let b = Ptr { seq: 2, slot: 3 };
+        c.insert(a, Arc::new(Node::leaf()));
+        c.insert(b, Arc::new(Node::leaf()));
+        c.remove_superseded(&[a, Ptr { seq: 9, slot: 9 }]);
+        assert!(c.get(&a).is_none());
+        assert!(c.get(&b).is_some());
+        assert_eq!(c.lock().young_bytes, Node::leaf().weight());
     }
 }

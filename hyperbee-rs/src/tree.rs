@@ -39,6 +39,8 @@ pub(crate) struct Flush {
     pub(crate) blocks: Vec<Vec<u8>>,
     pub(crate) root: Option<Ptr>,
     pub(crate) written: Vec<(Ptr, Arc<Node>)>,
+    /// Stored nodes this flush rewrote: the new head no longer uses them.
+    pub(crate) superseded: Vec<Ptr>,
 }
 
 /// One put (`Some` value) or del of a batch, in order.
@@ -49,6 +51,8 @@ pub(crate) struct WorkTree {
     root: Option<Child>,
     cache: Arc<NodeCache>,
     pinned: HashMap<Ptr, Arc<Node>>,
+    /// Stored nodes copied into the arena (replaced by their copies).
+    copied: Vec<Ptr>,
 }
 
 fn cap(n: &Node) -> usize {
@@ -66,6 +70,7 @@ impl WorkTree {
             root: root.map(Child::Stored),
             cache,
             pinned: HashMap::new(),
+            copied: Vec::new(),
         }
     }
 
@@ -95,7 +100,8 @@ impl WorkTree {
             Some(Child::Dirty(i)) => Ok(Some(i)),
             Some(Child::Stored(p)) => {
                 let n = self.lookup(p)?;
-                self.arena.push((*n).clone());
+                self.arena.push(n.copy_for_edit());
+                self.copied.push(p);
                 let i = self.arena.len() - 1;
                 self.root = Some(Child::Dirty(i));
                 Ok(Some(i))
@@ -117,7 +123,8 @@ impl WorkTree {
                 if n.level.checked_add(1) != Some(self.arena[parent].level) {
                     return Err(Self::level_error(p));
                 }
-                self.arena.push((*n).clone());
+                self.arena.push(n.copy_for_edit());
+                self.copied.push(p);
                 let j = self.arena.len() - 1;
                 self.arena[parent].children[i] = Child::Dirty(j);
                 Ok(j)
@@ -464,7 +471,7 @@ impl WorkTree {
             cur.size += tmp.len();
         }
         let mut final_ptr: Vec<Option<Ptr>> = vec![None; self.arena.len()];
-        let mut written = Vec::new();
+        let mut written = Vec::with_capacity(self.arena.len());
         let root = match self.root {
             None => None,
             Some(Child::Stored(p)) => Some(p),
@@ -507,7 +514,9 @@ impl WorkTree {
                         seq: base + done.len() as u64,
                         slot: cur.nodes.len() as u32,
                     };
-                    let mut buf = Vec::with_capacity(out.size() + 8);
+                    // The size estimate is exact but for pointers (at most
+                    // ~20 bytes each, estimated at 5).
+                    let mut buf = Vec::with_capacity(out.size() + 16 * out.children.len() + 8);
                     encode_node(&out, own, &mut buf);
                     cur.size += buf.len() + 3;
                     cur.nodes.push(buf);
@@ -528,6 +537,7 @@ impl WorkTree {
             blocks,
             root,
             written,
+            superseded: self.copied,
         }
     }
 }

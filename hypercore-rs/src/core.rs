@@ -11,6 +11,7 @@ use crate::clock::{Clock, ThreadClock};
 use crate::encryption::BlockEncryption;
 use crate::entropy::{Entropy, OsEntropy};
 use crate::error::{Error, ProofError, Result, MAX_BLOCK_SIZE};
+use crate::fast_hash::{FastMap, FastSet};
 use crate::flat;
 use crate::hash::{tree_hash, Hash, Node};
 use crate::manifest::{self, discovery_key, KeyPair, Manifest, MultiSignature};
@@ -648,6 +649,25 @@ impl Core {
         I: IntoIterator<Item = B>,
         B: AsRef<[u8]>,
     {
+        self.append_blocks(blocks.into_iter().map(Block::Borrowed))
+            .await
+    }
+
+    /// Like [`Core::append_batch`], but takes the blocks by value: an
+    /// unencrypted core stores them without copying them first.
+    pub async fn append_owned<I>(&self, blocks: I) -> Result<u64>
+    where
+        I: IntoIterator<Item = Vec<u8>>,
+    {
+        self.append_blocks(blocks.into_iter().map(Block::<Vec<u8>>::Owned))
+            .await
+    }
+
+    async fn append_blocks<I, B>(&self, blocks: I) -> Result<u64>
+    where
+        I: Iterator<Item = Block<B>>,
+        B: AsRef<[u8]>,
+    {
         let _w = self.inner.write_lock.lock().await;
         if !self.writable() {
             return Err(Error::NotWritable);
@@ -663,14 +683,14 @@ impl Core {
         let mut batch = Batch::new();
         let start_length = rec.length;
         for block in blocks {
-            let block = block.as_ref();
-            if block.len() > MAX_BLOCK_SIZE {
-                return Err(Error::BlockTooLarge(block.len()));
+            let len = block.as_slice().len();
+            if len > MAX_BLOCK_SIZE {
+                return Err(Error::BlockTooLarge(len));
             }
             let index = rec.length;
             let data = match &self.inner.encryption {
-                Some(e) => e.encrypt(index, rec.fork, block),
-                None => block.to_vec(),
+                Some(e) => e.encrypt(index, rec.fork, block.as_slice()),
+                None => block.into_vec(),
             };
             let leaf = Node::leaf(index, &data);
             batch.push(Op::PutNode {
@@ -1285,7 +1305,16 @@ impl Core {
                 .block(&self.inner.id, b.index)
                 .await?
                 .ok_or(Error::NotAvailable(b.index))?;
-            let nodes = self.siblings(b.index * 2, b.nodes, tree_length).await?;
+            // Without an upgrade the requester verifies against its own
+            // (possibly shorter) tree: `nodes == 0` then means its leaf is one
+            // of its roots, so no sibling is wanted. Walking up to a root of
+            // our longer tree would pass its root ("path continues past a
+            // root") whenever we appended since it last upgraded.
+            let nodes = if b.nodes == 0 && req.upgrade.is_none() {
+                Vec::new()
+            } else {
+                self.siblings(b.index * 2, b.nodes, tree_length).await?
+            };
             proof.block = Some(BlockProof {
                 index: b.index,
                 value,
@@ -1594,6 +1623,170 @@ impl Core {
         Ok(out)
     }
 
+    /// Verifies many proofs in order and stores what they prove, like calling
+    /// [`Core::verify`] on each in turn, but every run of plain block proofs
+    /// (a block and its nodes, on the current fork, without upgrade, hash,
+    /// seek or manifest) is checked under one lock and stored with one
+    /// storage write. A proof may anchor on nodes proven by an earlier proof
+    /// of the same call. Each proof gets its own result: a bad one is
+    /// rejected alone and stores nothing. The outer error is a storage
+    /// failure; runs written before it stay stored.
+    pub async fn verify_batch(&self, proofs: Vec<Proof>) -> Result<Vec<Result<Verified>>> {
+        let mut out = Vec::with_capacity(proofs.len());
+        let mut run = Vec::new();
+        for p in proofs {
+            if is_plain_block(&p) {
+                run.push(p);
+                continue;
+            }
+            if !run.is_empty() {
+                out.extend(self.verify_blocks(std::mem::take(&mut run)).await?);
+            }
+            out.push(self.verify(&p).await);
+        }
+        if !run.is_empty() {
+            out.extend(self.verify_blocks(run).await?);
+        }
+        Ok(out)
+    }
+
+    /// The batched path of [`Core::verify_batch`] for plain block proofs:
+    /// the same checks as `verify`, one storage write for the whole run.
+    async fn verify_blocks(&self, proofs: Vec<Proof>) -> Result<Vec<Result<Verified>>> {
+        let _w = self.inner.write_lock.lock().await;
+        let (rec, roots) = {
+            let s = self.state();
+            (s.rec.clone(), s.roots.clone())
+        };
+        let id = self.inner.id;
+        let length = rec.length;
+        // Nodes proven by earlier proofs of this run (not yet in storage).
+        let mut pending: FastMap<u64, Node> = FastMap::default();
+        let mut stored: Vec<u64> = Vec::new();
+        let mut stored_set: FastSet<u64> = FastSet::default();
+        let mut batch = Batch::new();
+        let mut results = Vec::with_capacity(proofs.len());
+        for proof in proofs {
+            let Some(b) = proof.block else {
+                results.push(Err(
+                    ProofError::Malformed("no block in a block proof").into()
+                ));
+                continue;
+            };
+            if proof.fork != rec.fork {
+                results.push(Err(ProofError::Stale("proof is for another fork").into()));
+                continue;
+            }
+            if b.index >= length {
+                results.push(Err(ProofError::Malformed("block outside the tree").into()));
+                continue;
+            }
+            if b.value.len() > MAX_BLOCK_SIZE {
+                results.push(Err(ProofError::Malformed("block too large").into()));
+                continue;
+            }
+            let leaf = Node::leaf(b.index, &b.value);
+            let (nodes, top) = match walk_up(leaf, &b.nodes, length) {
+                Ok(x) => x,
+                Err(e) => {
+                    results.push(Err(e.into()));
+                    continue;
+                }
+            };
+            let trusted = match roots.iter().find(|r| r.index == top.index) {
+                Some(r) => Some(*r),
+                None => match pending.get(&top.index) {
+                    Some(n) => Some(*n),
+                    None if flat::in_tree(top.index, length) => {
+                        self.inner.storage.node(&id, top.index).await?
+                    }
+                    None => None,
+                },
+            };
+            match trusted {
+                Some(t) if t == top => {}
+                Some(_) => {
+                    results.push(Err(ProofError::Mismatch.into()));
+                    continue;
+                }
+                None => {
+                    results.push(Err(ProofError::Unanchored.into()));
+                    continue;
+                }
+            }
+            for n in nodes {
+                if roots.iter().any(|r| r.index == n.index) {
+                    continue;
+                }
+                if let std::collections::hash_map::Entry::Vacant(e) = pending.entry(n.index) {
+                    e.insert(n);
+                    batch.push(Op::PutNode { core: id, node: n });
+                }
+            }
+            let mut out = Verified::default();
+            if !stored_set.contains(&b.index) && !self.inner.storage.has_block(&id, b.index).await?
+            {
+                stored_set.insert(b.index);
+                stored.push(b.index);
+                batch.push(Op::PutBlock {
+                    core: id,
+                    index: b.index,
+                    data: b.value,
+                });
+                out.block = Some(b.index);
+            }
+            results.push(Ok(out));
+        }
+        if batch.is_empty() {
+            return Ok(results);
+        }
+        let mut new_rec = rec;
+        if stored_set.contains(&new_rec.contiguous_length) {
+            let mut c = new_rec.contiguous_length + 1;
+            while c < new_rec.length
+                && (stored_set.contains(&c) || self.inner.storage.has_block(&id, c).await?)
+            {
+                c += 1;
+            }
+            new_rec.contiguous_length = c;
+            batch.push(self.state_op(&new_rec));
+        }
+        self.inner.storage.write(batch).await?;
+        {
+            let mut s = self.state();
+            s.rec.contiguous_length = new_rec.contiguous_length;
+        }
+        stored.sort_unstable();
+        let mut have: Vec<(u64, u64)> = Vec::new();
+        for &i in &stored {
+            match have.last_mut() {
+                Some((start, len)) if *start + *len == i => *len += 1,
+                _ => have.push((i, 1)),
+            }
+        }
+        {
+            let mut s = self.scheduler();
+            for &(start, len) in &have {
+                s.on_local(start, start + len);
+            }
+            if !have.is_empty() {
+                s.wake_all(Wake::Announce {
+                    have,
+                    drop: Vec::new(),
+                });
+            }
+        }
+        if self.has_subscribers() {
+            self.emit(
+                stored
+                    .iter()
+                    .map(|&index| Event::Download { index })
+                    .collect(),
+            );
+        }
+        Ok(results)
+    }
+
     /// Checks that `top` equals a node the verifier trusts.
     async fn check_trusted(
         &self,
@@ -1614,6 +1807,38 @@ impl Core {
             None => Err(ProofError::Unanchored.into()),
         }
     }
+}
+
+/// A block handed to `append_blocks`: borrowed (copied once when stored)
+/// or owned (moved into storage).
+enum Block<B> {
+    Borrowed(B),
+    Owned(Vec<u8>),
+}
+
+impl<B: AsRef<[u8]>> Block<B> {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Block::Borrowed(b) => b.as_ref(),
+            Block::Owned(v) => v,
+        }
+    }
+
+    fn into_vec(self) -> Vec<u8> {
+        match self {
+            Block::Borrowed(b) => b.as_ref().to_vec(),
+            Block::Owned(v) => v,
+        }
+    }
+}
+
+/// Whether `verify_batch` may take `p` on its batched path.
+pub(crate) fn is_plain_block(p: &Proof) -> bool {
+    p.block.is_some()
+        && p.upgrade.is_none()
+        && p.hash.is_none()
+        && p.seek.is_none()
+        && p.manifest.is_none()
 }
 
 /// The longest prefix a reader on `fork` shares with the holder, from the

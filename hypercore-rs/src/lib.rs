@@ -42,6 +42,7 @@ mod corestore;
 mod encryption;
 mod entropy;
 mod error;
+pub mod fast_hash;
 pub mod flat;
 pub mod hash;
 mod manifest;

@@ -98,6 +98,49 @@ fn eager_download_then_live_appends() {
     });
 }
 
+/// A writer that keeps appending while a live reader catches up: the reader
+/// asks for its last block (a one-leaf root of its tree) without an upgrade,
+/// and the writer's answer must not walk up to a root of its longer tree
+/// (regression: "path continues past a root" ended the session).
+#[test]
+fn live_reader_keeps_up_with_interleaved_appends() {
+    block_on(async {
+        let sa = Corestore::open(Arc::new(MemoryStorage::new()))
+            .await
+            .unwrap();
+        let sb = Corestore::open(Arc::new(MemoryStorage::new()))
+            .await
+            .unwrap();
+        let w = sa.get("w").await.unwrap();
+        let (x, y) = duplex();
+        let (a2, b2) = (sa.clone(), sb.clone());
+        let sessions = vec![
+            async move { a2.replicate(x, opts(true)).await }.boxed(),
+            async move { b2.replicate(y, opts(false)).await }.boxed(),
+        ];
+        with_sessions(sessions, async {
+            let r = sb.get_by_key(w.key()).await.unwrap();
+            let _live = r.download_live();
+            for i in 0..300u32 {
+                w.append(&i.to_le_bytes()).await.unwrap();
+                yield_now().await;
+            }
+            for _ in 0..100_000 {
+                if r.contiguous_length() == 300 {
+                    break;
+                }
+                yield_now().await;
+            }
+            assert_eq!(r.contiguous_length(), 300);
+            assert_eq!(
+                r.get(299).await.unwrap(),
+                Some(299u32.to_le_bytes().to_vec())
+            );
+        })
+        .await;
+    });
+}
+
 #[test]
 fn sparse_get_fetches_only_what_it_needs() {
     block_on(async {

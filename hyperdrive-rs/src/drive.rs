@@ -858,7 +858,10 @@ impl ReadState {
 struct BlobWriter {
     blobs: Core,
     chunk: usize,
-    buf: Vec<u8>,
+    /// Full chunks not appended yet (at most `WRITE_CHUNKS`).
+    full: Vec<Vec<u8>>,
+    /// The chunk being filled.
+    cur: Vec<u8>,
     hasher: blake3::Hasher,
     block_offset: u64,
     byte_offset: u64,
@@ -871,7 +874,8 @@ impl BlobWriter {
         BlobWriter {
             blobs: blobs.clone(),
             chunk,
-            buf: Vec::with_capacity(chunk * WRITE_CHUNKS),
+            full: Vec::with_capacity(WRITE_CHUNKS),
+            cur: Vec::new(),
             hasher: blake3::Hasher::new(),
             block_offset: blobs.length(),
             byte_offset: blobs.byte_length(),
@@ -887,20 +891,27 @@ impl BlobWriter {
         self.hasher.update(data);
         self.len += data.len() as u64;
         while !data.is_empty() {
-            let n = (self.cap() - self.buf.len()).min(data.len());
-            self.buf.extend_from_slice(&data[..n]);
+            if self.cur.capacity() == 0 {
+                self.cur.reserve_exact(self.chunk);
+            }
+            let n = (self.chunk - self.cur.len()).min(data.len());
+            self.cur.extend_from_slice(&data[..n]);
             data = &data[n..];
-            if self.buf.len() == self.cap() {
-                self.spill().await?;
+            if self.cur.len() == self.chunk {
+                self.full.push(std::mem::take(&mut self.cur));
+                if self.full.len() == WRITE_CHUNKS {
+                    self.spill().await?;
+                }
             }
         }
         Ok(())
     }
 
+    /// Appends the full chunks (the chunks move into storage, no copy).
     async fn spill(&mut self) -> Result<()> {
-        if !self.buf.is_empty() {
-            self.blobs.append_batch(self.buf.chunks(self.chunk)).await?;
-            self.buf.clear();
+        if !self.full.is_empty() {
+            let chunks = std::mem::replace(&mut self.full, Vec::with_capacity(WRITE_CHUNKS));
+            self.blobs.append_owned(chunks).await?;
         }
         Ok(())
     }
@@ -916,6 +927,9 @@ impl BlobWriter {
     }
 
     async fn finish(mut self) -> Result<(Blob, [u8; 32])> {
+        if !self.cur.is_empty() {
+            self.full.push(std::mem::take(&mut self.cur));
+        }
         self.spill().await?;
         let blocks = blocks_for(self.len, self.chunk as u64);
         if self.blobs.length() != self.block_offset + blocks {

@@ -39,10 +39,14 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+#[cfg(feature = "dht")]
+pub mod dht;
 pub mod discovery;
 pub mod driver;
 pub mod entropy;
 pub mod identity;
+#[cfg(feature = "mdns")]
+pub mod mdns;
 pub mod mux;
 pub mod secure;
 pub mod stream;
@@ -50,6 +54,8 @@ pub mod swarm;
 pub mod transport;
 
 pub use clock::{Clock, SystemClock};
+#[cfg(feature = "dht")]
+pub use dht::{DhtConfig, DhtDiscovery};
 pub use discovery::{DirDiscovery, Discovery, DiscoveryError, MemoryDiscovery};
 pub use driver::{
     Connections, DriverConfig, DriverStopped, PeerConnection, SwarmBuilder, SwarmDriver,
@@ -57,6 +63,8 @@ pub use driver::{
 };
 pub use entropy::{EntropyError, EntropySource, OsEntropy, SeededEntropy};
 pub use identity::{IdentityError, KeyPair, PublicKey};
+#[cfg(feature = "mdns")]
+pub use mdns::{MdnsConfig, MdnsDiscovery};
 pub use mux::{ChannelId, Mux, MuxConfig, MuxError, MuxEvent};
 pub use secure::{HandshakeHash, Role, SecureConfig, SecureConnection, SecureError, SecureEvent};
 pub use stream::{MuxedStream, MuxedStreamError, SecureStream, StreamError};

@@ -27,10 +27,11 @@ use crate::secure::{
     HandshakeHash, Role, SecureConfig, SecureConnection, SecureError, SecureEvent,
 };
 
-/// Bytes read from the underlying stream at once.
-const READ_CHUNK: usize = 16 * 1024;
+/// Least room offered to one read from the underlying stream (reads go
+/// straight into the connection's input buffer, which is usually larger).
+const READ_MIN: usize = 16 * 1024;
 /// `poll_ready` flushes first when this much is waiting to be written.
-const WRITE_HIGH_WATER: usize = 256 * 1024;
+const WRITE_HIGH_WATER: usize = 128 * 1024;
 
 /// Errors of a [`SecureStream`].
 #[derive(Debug, Error)]
@@ -53,9 +54,6 @@ pub struct SecureStream<S> {
     conn: SecureConnection,
     clock: Arc<dyn Clock>,
     sleep: Option<(Instant, Sleep)>,
-    read_buf: Box<[u8]>,
-    write_buf: Vec<u8>,
-    write_pos: usize,
     inbox: VecDeque<Vec<u8>>,
     remote: Option<(PublicKey, HandshakeHash)>,
     read_closed: bool,
@@ -99,9 +97,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SecureStream<S> {
             conn,
             clock,
             sleep: None,
-            read_buf: vec![0u8; READ_CHUNK].into_boxed_slice(),
-            write_buf: Vec::new(),
-            write_pos: 0,
             inbox: VecDeque::new(),
             remote: None,
             read_closed: false,
@@ -163,17 +158,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SecureStream<S> {
                 self.conn.handle_timeout(now)?;
                 continue;
             }
-            let sleep = match &mut self.sleep {
-                Some((at, sleep)) if *at == deadline => sleep,
-                slot => &mut slot.insert((deadline, self.clock.sleep_until(deadline))).1,
+            // Every send moves the keep-alive deadline later. A timer armed
+            // for an earlier instant is kept (it wakes us early, and we
+            // re-arm then) rather than replaced by a new timer on every
+            // poll (cheap with async-io, but churn for any clock).
+            let (at, sleep) = match &mut self.sleep {
+                Some((at, sleep)) if *at <= deadline => (*at, sleep),
+                slot => {
+                    let armed = slot.insert((deadline, self.clock.sleep_until(deadline)));
+                    (deadline, &mut armed.1)
+                }
             };
             match sleep.as_mut().poll(cx) {
                 Poll::Pending => return Ok(()),
                 Poll::Ready(()) => {
-                    // The timer fired: treat the deadline as reached even if
-                    // the clock disagrees slightly, so this cannot spin.
                     self.sleep = None;
-                    self.conn.handle_timeout(now.max(deadline))?;
+                    if at == deadline {
+                        // The timer fired: treat the deadline as reached even
+                        // if the clock disagrees slightly, so this cannot spin.
+                        self.conn.handle_timeout(now.max(deadline))?;
+                    }
+                    // Otherwise it was armed for a deadline that has since
+                    // moved later: loop to arm the new one.
                 }
             }
         }
@@ -182,31 +188,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SecureStream<S> {
     /// Writes queued bytes; ready once everything queued is written.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            if self.write_pos == self.write_buf.len() {
-                self.write_buf.clear();
-                self.write_pos = 0;
-                match self.conn.poll_transmit() {
-                    Some(bytes) => self.write_buf = bytes,
-                    None => return Poll::Ready(Ok(())),
-                }
+            let pending = self.conn.transmit_buf();
+            if pending.is_empty() {
+                return Poll::Ready(Ok(()));
             }
-            let n =
-                ready!(Pin::new(&mut self.io).poll_write(cx, &self.write_buf[self.write_pos..]))?;
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, pending))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.write_pos += n;
+            self.conn.advance_transmit(n);
         }
     }
 
-    /// Reads once and feeds the connection. `Ok(false)` means end of stream.
+    /// Reads once, straight into the connection's input buffer, and feeds
+    /// the connection. `Ok(false)` means end of stream.
     fn poll_read_in(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, StreamError>> {
-        let n = ready!(Pin::new(&mut self.io).poll_read(cx, &mut self.read_buf))?;
+        if self.conn.is_closed() {
+            return Poll::Ready(Err(SecureError::Closed.into()));
+        }
+        let n = ready!(Pin::new(&mut self.io).poll_read(cx, self.conn.input_buf(READ_MIN)))?;
         if n == 0 {
             return Poll::Ready(Ok(false));
         }
-        self.conn
-            .handle_input(&self.read_buf[..n], self.clock.now())?;
+        self.conn.input_filled(n, self.clock.now())?;
         self.drain_events();
         Poll::Ready(Ok(true))
     }
@@ -223,23 +227,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SecureStream<S> {
         if self.failed || self.write_closed {
             return Err(SecureError::Closed.into());
         }
-        let now = self.clock.now();
-        self.conn.send(frame, now)?;
-        // Move the ciphertext out of the connection now so `pending_write`
-        // sees it for back-pressure.
-        while let Some(bytes) = self.conn.poll_transmit() {
-            if self.write_pos == self.write_buf.len() {
-                self.write_buf = bytes;
-                self.write_pos = 0;
-            } else {
-                self.write_buf.extend_from_slice(&bytes);
-            }
-        }
+        self.conn.send(frame, self.clock.now())?;
         Ok(())
     }
 
     fn pending_write(&self) -> usize {
-        self.write_buf.len() - self.write_pos
+        self.conn.transmit_buf().len()
     }
 }
 

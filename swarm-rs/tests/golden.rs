@@ -71,3 +71,66 @@ const GOLDEN_HASH: &str = concat!(
     "e88bae92d5d7c939d73fef3e9737b61c0dcb835eedec3c9650b1b767011c5125",
     "e9452e31bd1c063dee2bac333ef5bac7e11512b66459068270458466c104792b"
 );
+
+/// The transport records after the handshake: both identity proofs, a small
+/// frame, a frame split over two records and a keep-alive. Pins the record
+/// layout and the Noise transport cipher (ChaCha20-Poly1305, counter nonces).
+#[test]
+fn transport_records() {
+    let now = Instant::now();
+    let alice = KeyPair::from_seed([1; 32]);
+    let bob = KeyPair::from_seed([2; 32]);
+    let mut a = SecureConnection::new(
+        Role::Initiator,
+        &alice,
+        SecureConfig::default(),
+        &mut SeededEntropy::from_u64(1),
+        now,
+    )
+    .unwrap();
+    let mut b = SecureConnection::new(
+        Role::Responder,
+        &bob,
+        SecureConfig::default(),
+        &mut SeededEntropy::from_u64(2),
+        now,
+    )
+    .unwrap();
+    b.handle_input(&a.poll_transmit().unwrap(), now).unwrap();
+    a.handle_input(&b.poll_transmit().unwrap(), now).unwrap();
+    let m3 = a.poll_transmit().unwrap();
+    // m3 = `s, se` (48 + 16 bytes) followed by alice's identity proof record.
+    let (m3, proof_a) = m3.split_at(2 + 48 + 16);
+    b.handle_input(m3, now).unwrap();
+    b.handle_input(proof_a, now).unwrap();
+    let proof_b = b.poll_transmit().unwrap();
+    a.handle_input(&proof_b, now).unwrap();
+    assert!(a.is_established() && b.is_established());
+    // kind 0 + key (32) + signature (64) + tag (16).
+    assert_eq!(proof_a.len(), 2 + 1 + 32 + 64 + 16);
+    assert_eq!(blake3::hash(proof_a).to_hex().as_str(), GOLDEN_PROOF_A);
+    assert_eq!(blake3::hash(&proof_b).to_hex().as_str(), GOLDEN_PROOF_B);
+
+    a.send(b"hi", now).unwrap();
+    let small = a.poll_transmit().unwrap();
+    // u16 LE length 23 = kind 1 + u32 LE length 2 + "hi" + tag.
+    assert_eq!(hex(&small[..2]), "1700");
+    assert_eq!(hex(&small), GOLDEN_SMALL);
+
+    let big: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+    a.send(&big, now).unwrap();
+    let records = a.poll_transmit().unwrap();
+    // Two records: 65535 bytes (5-byte header + 65514 + tag), then kind 2 + the rest + tag.
+    assert_eq!(records.len(), 2 + 65535 + 2 + 1 + (70_000 - 65_514) + 16);
+    assert_eq!(blake3::hash(&records).to_hex().as_str(), GOLDEN_BIG);
+
+    b.handle_input(&small, now).unwrap();
+    b.handle_input(&records, now).unwrap();
+    let got: Vec<_> = std::iter::from_fn(|| b.poll_event()).collect();
+    assert_eq!(got.len(), 3, "established + two frames");
+}
+
+const GOLDEN_PROOF_A: &str = "2d8ae30ae782ffc493c537acb74e6ca24f72a36432fe12793162ec06b0bcdeb4";
+const GOLDEN_PROOF_B: &str = "6cc1c51ebbf188603b1f5a0079470e0ac0076329841812fb057682aa56e41206";
+const GOLDEN_SMALL: &str = "17009005e428359113fa755eafe1f29ca9b4a270e5d9cf2e44";
+const GOLDEN_BIG: &str = "4d5d02d5fb742480608865e0feeb31ffcc64308c4d27d3939f1c85f2b660af9a";

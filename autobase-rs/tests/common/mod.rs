@@ -86,10 +86,14 @@ pub fn connect(a: &Autobase, b: &Autobase) {
     let (x, y) = hypercore_rs::replication::duplex();
     let (a, b) = (a.clone(), b.clone());
     tokio::spawn(async move {
-        let _ = a.replicate(x, true).await;
+        if let Err(e) = a.replicate(x, true).await {
+            eprintln!("replication (initiator) ended: {e}");
+        }
     });
     tokio::spawn(async move {
-        let _ = b.replicate(y, false).await;
+        if let Err(e) = b.replicate(y, false).await {
+            eprintln!("replication (responder) ended: {e}");
+        }
     });
 }
 

@@ -8,11 +8,11 @@ use super::ranges::RangeSet;
 use super::scheduler::{Wake, WINDOW};
 use super::wire::{self, Message};
 use crate::clock::{Clock, ThreadClock};
-use crate::core::Core;
+use crate::core::{is_plain_block, Core};
 use crate::entropy::{Entropy, OsEntropy};
 use crate::error::{Error, ProofError};
 use crate::hash::Hash;
-use crate::proof::{ProofRequest, UpgradeRequest};
+use crate::proof::{Proof, ProofRequest, UpgradeRequest, Verified};
 use async_trait::async_trait;
 use futures::channel::mpsc;
 use futures::stream::SelectAll;
@@ -115,6 +115,9 @@ struct Attached {
 const MAX_STRIKES: u32 = 10_000;
 /// How many queued frames are handled before scheduling and announcing again.
 const DRAIN: usize = 256;
+/// Block answers are verified as soon as this many block bytes are queued
+/// (bounds what a group of large answers holds in memory).
+const MAX_QUEUED_BYTES: usize = 4 << 20;
 
 /// Moves every queued message to the writer.
 fn flush(conn: &mut Connection, out: &mpsc::UnboundedSender<Vec<u8>>) {
@@ -159,6 +162,10 @@ struct Session {
     cores: HashMap<u32, Core>,
     wakes: SelectAll<futures::stream::BoxStream<'static, (u32, Wake)>>,
     request_times: Vec<(u32, Duration)>,
+    /// Plain block answers of the current drain group, not yet verified.
+    queued: Vec<(u32, Pending, Proof)>,
+    /// Block bytes held in `queued`.
+    queued_bytes: usize,
 }
 
 /// Replicates the provider's cores with the remote over `io` until either
@@ -194,6 +201,8 @@ where
         cores: HashMap::new(),
         wakes: SelectAll::new(),
         request_times: Vec::new(),
+        queued: Vec::new(),
+        queued_bytes: 0,
     };
     for core in provider.initial() {
         let ch = s.conn.open(core.discovery_key(), core.key())?;
@@ -243,12 +252,14 @@ where
                                     Some(Some(Err(e))) => return Err(ReplicationError::Io(e)),
                                     // The remote closed: the session is over.
                                     Some(None) => {
+                                        s.verify_queued().await?;
                                         flush(&mut s.conn, &out_tx);
                                         return Ok(());
                                     }
                                     None => break,
                                 }
                             }
+                            s.verify_queued().await?;
                         }
                     },
                     w = s.wakes.next() => {
@@ -482,6 +493,10 @@ impl Session {
     }
 
     async fn on_event(&mut self, ev: ConnEvent) -> Result<(), ReplicationError> {
+        if !matches!(ev, ConnEvent::Data { .. }) {
+            // Keep the order of effects: queued answers first.
+            self.verify_queued().await?;
+        }
         match ev {
             ConnEvent::RemoteOpen {
                 remote,
@@ -566,48 +581,29 @@ impl Session {
                 proof,
             } => {
                 self.answered(channel);
-                let Some((core, peer)) = self.sched(channel).map(|(c, p)| (c.clone(), p)) else {
+                if !self.attached.contains_key(&channel) {
+                    return Ok(());
+                }
+                let proof = *proof;
+                if matches!(pending, Pending::Block(_)) && is_plain_block(&proof) {
+                    // Queued: verified with the rest of this drain group in
+                    // one storage write (see `verify_queued`).
+                    if self.queued.first().is_some_and(|(c, _, _)| *c != channel) {
+                        self.verify_queued().await?;
+                    }
+                    self.queued_bytes += proof.block.as_ref().map_or(0, |b| b.value.len());
+                    self.queued.push((channel, pending, proof));
+                    if self.queued_bytes >= MAX_QUEUED_BYTES {
+                        self.verify_queued().await?;
+                    }
+                    return Ok(());
+                }
+                self.verify_queued().await?;
+                let Some(core) = self.attached.get(&channel).map(|a| a.core.clone()) else {
                     return Ok(());
                 };
                 let result = core.verify(&proof).await;
-                {
-                    // One scheduler lock for the whole update: never re-lock while held.
-                    let mut s = core.scheduler();
-                    match (&result, pending) {
-                        (Ok(_), Pending::Upgrade | Pending::Probe(_)) => s.round_fork_point = false,
-                        // A sparse reader after a fork: ask again from a boundary it holds.
-                        (Err(Error::Proof(ProofError::MissingAnchor)), _) => {
-                            s.round_fork_point = true
-                        }
-                        _ => {}
-                    }
-                    match pending {
-                        Pending::Block(b) => s.release(b),
-                        Pending::Upgrade => s.upgrade_done(peer),
-                        Pending::Probe(round) => s.probe_done(peer, round),
-                    }
-                }
-                if let Pending::Block(b) = pending {
-                    self.block_done(channel, b);
-                }
-                match result {
-                    Err(Error::Proof(ProofError::Unanchored)) => {
-                        // An earlier answer we anchored on did not come: ask again.
-                        if let Some(a) = self.attached.get_mut(&channel) {
-                            a.strikes += 1;
-                            if a.strikes > MAX_STRIKES {
-                                return Err(
-                                    ProtocolError::InvalidProof(ProofError::Unanchored).into()
-                                );
-                            }
-                        }
-                    }
-                    Ok(_)
-                    | Err(Error::Proof(ProofError::MissingAnchor | ProofError::Stale(_)))
-                    | Err(Error::WriterUpgrade) => {}
-                    Err(Error::Proof(e)) => return Err(ProtocolError::InvalidProof(e).into()),
-                    Err(e) => return Err(e.into()),
-                }
+                self.verified(channel, pending, result)?;
             }
             ConnEvent::NoData { channel, pending } => {
                 self.answered(channel);
@@ -634,6 +630,79 @@ impl Session {
                     core.scheduler().deliver_extension(peer, &name, message);
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Verifies the queued block answers (all for one channel, in arrival
+    /// order) with one storage write, then settles each as `verified` does.
+    async fn verify_queued(&mut self) -> Result<(), ReplicationError> {
+        if self.queued.is_empty() {
+            return Ok(());
+        }
+        let queued = std::mem::take(&mut self.queued);
+        self.queued_bytes = 0;
+        let channel = queued[0].0;
+        let Some(core) = self.attached.get(&channel).map(|a| a.core.clone()) else {
+            return Ok(());
+        };
+        let mut pendings = Vec::with_capacity(queued.len());
+        let mut proofs = Vec::with_capacity(queued.len());
+        for (_, pending, proof) in queued {
+            pendings.push(pending);
+            proofs.push(proof);
+        }
+        let results = core.verify_batch(proofs).await?;
+        for (pending, result) in pendings.into_iter().zip(results) {
+            self.verified(channel, pending, result)?;
+        }
+        Ok(())
+    }
+
+    /// Settles one answer after verification: frees its claim and request
+    /// slot, and ends the session when the proof was invalid.
+    fn verified(
+        &mut self,
+        channel: u32,
+        pending: Pending,
+        result: Result<Verified, Error>,
+    ) -> Result<(), ReplicationError> {
+        let Some((core, peer)) = self.sched(channel).map(|(c, p)| (c.clone(), p)) else {
+            return Ok(());
+        };
+        {
+            // One scheduler lock for the whole update: never re-lock while held.
+            let mut s = core.scheduler();
+            match (&result, pending) {
+                (Ok(_), Pending::Upgrade | Pending::Probe(_)) => s.round_fork_point = false,
+                // A sparse reader after a fork: ask again from a boundary it holds.
+                (Err(Error::Proof(ProofError::MissingAnchor)), _) => s.round_fork_point = true,
+                _ => {}
+            }
+            match pending {
+                Pending::Block(b) => s.release(b),
+                Pending::Upgrade => s.upgrade_done(peer),
+                Pending::Probe(round) => s.probe_done(peer, round),
+            }
+        }
+        if let Pending::Block(b) = pending {
+            self.block_done(channel, b);
+        }
+        match result {
+            Err(Error::Proof(ProofError::Unanchored)) => {
+                // An earlier answer we anchored on did not come: ask again.
+                if let Some(a) = self.attached.get_mut(&channel) {
+                    a.strikes += 1;
+                    if a.strikes > MAX_STRIKES {
+                        return Err(ProtocolError::InvalidProof(ProofError::Unanchored).into());
+                    }
+                }
+            }
+            Ok(_)
+            | Err(Error::Proof(ProofError::MissingAnchor | ProofError::Stale(_)))
+            | Err(Error::WriterUpgrade) => {}
+            Err(Error::Proof(e)) => return Err(ProtocolError::InvalidProof(e).into()),
+            Err(e) => return Err(e.into()),
         }
         Ok(())
     }

@@ -23,11 +23,12 @@
 use super::vfs::{StdVfs, Vfs, VfsFile};
 use super::{node_survives, Batch, CoreId, Op, Storage};
 use crate::error::StorageError;
+use crate::fast_hash::FastMap;
 use crate::flat;
 use crate::hash::Node;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -39,33 +40,6 @@ const NODE_SLOT: u64 = 48;
 const LOC_SLOT: u64 = 24;
 const PRESENT: u32 = 0x5052_5331; // "PRS1"
 const MAX_WAL_RECORD: usize = 256 << 20;
-
-/// Hashes keys that are already uniformly distributed (block and node
-/// indices after mixing, core ids that are BLAKE3 outputs) cheaply; the
-/// overlay maps sit on the append and read hot paths.
-#[derive(Default, Clone, Copy)]
-struct FastHasher(u64);
-
-impl std::hash::Hasher for FastHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut a = [0u8; 8];
-            a[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(a));
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-}
-
-type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
 
 /// A slot of the dense part of an [`Overlay`].
 #[derive(Clone, Copy, Debug)]
@@ -194,6 +168,9 @@ impl<T: Copy> Overlay<T> {
     }
 }
 
+/// Unsynced data bytes per data file after which writeback is started.
+const WRITEBACK: u64 = 8 << 20;
+
 /// Sequential reads are served from one read-ahead buffer of this size.
 const READ_AHEAD: u64 = 128 * 1024;
 
@@ -309,6 +286,8 @@ struct CoreFiles {
     // Read-ahead over the data file. Referenced bytes are never overwritten,
     // so a buffered range cannot go stale for any block still referenced.
     read_buf: Option<(u64, Vec<u8>)>,
+    /// Data file offset up to which writeback was started (see `WRITEBACK`).
+    writeback_from: u64,
     last_read_end: u64,
     tree_limit: u64,
     index_limit: u64,
@@ -623,9 +602,9 @@ fn straddling(length: u64) -> Vec<u64> {
 /// What a batch has changed so far, while its WAL record is being built.
 #[derive(Default)]
 struct BatchView {
-    locs: HashMap<(CoreId, u64), Option<Loc>>,
-    upper: HashMap<CoreId, u64>,
-    limit: HashMap<CoreId, u64>,
+    locs: FastMap<(CoreId, u64), Option<Loc>>,
+    upper: FastMap<CoreId, u64>,
+    limit: FastMap<CoreId, u64>,
 }
 
 struct Engine {
@@ -982,29 +961,31 @@ impl Engine {
         let vfs = self.vfs.clone();
         let ops = batch.into_ops();
         let mut wal_ops = Vec::with_capacity(ops.len());
-        let mut appends: Vec<(CoreId, u64, Vec<u8>)> = Vec::new();
+        // Per core: where its new block bytes start, how many, and the blocks.
+        let mut appends: Vec<(CoreId, u64, u64, Vec<Vec<u8>>)> = Vec::new();
         let mut data_bytes = 0u64;
         let mut view = BatchView::default();
         for op in ops {
             wal_ops.push(match op {
                 Op::PutBlock { core, index, data } => {
-                    let pos = match appends.iter().position(|(c, _, _)| *c == core) {
+                    let pos = match appends.iter().position(|(c, _, _, _)| *c == core) {
                         Some(p) => p,
                         None => {
                             let end = self.core(&core).data_end;
-                            appends.push((core, end, Vec::new()));
+                            appends.push((core, end, 0, Vec::new()));
                             appends.len() - 1
                         }
                     };
-                    let (_, start, buf) = &mut appends[pos];
+                    let (_, start, filled, bufs) = &mut appends[pos];
                     let loc = Loc {
-                        offset: *start + buf.len() as u64,
+                        offset: *start + *filled,
                         len: u32::try_from(data.len())
                             .map_err(|_| StorageError::Corrupt("block larger than 4 GiB".into()))?,
                         crc: crc32fast::hash(&data),
                     };
                     data_bytes += data.len() as u64;
-                    buf.extend_from_slice(&data);
+                    *filled += data.len() as u64;
+                    bufs.push(data);
                     view.locs.insert((core, index), Some(loc));
                     view.upper
                         .entry(core)
@@ -1038,8 +1019,9 @@ impl Engine {
                 }
                 Op::DeleteCore { core } => {
                     let mut end = self.core(&core).data_end;
-                    if let Some((_, s, b)) = appends.iter().find(|(c, _, _)| *c == core) {
-                        end = end.max(s + b.len() as u64);
+                    if let Some((_, s, filled, _)) = appends.iter().find(|(c, _, _, _)| *c == core)
+                    {
+                        end = end.max(s + filled);
                     }
                     view.limit.insert(core, 0);
                     WalOp::DeleteCore {
@@ -1055,36 +1037,48 @@ impl Engine {
             return Ok(());
         }
         // 1. Block bytes go past every referenced byte of their data file.
-        for (core, start, buf) in &appends {
-            if buf.is_empty() {
+        for (core, start, filled, bufs) in &appends {
+            if *filled == 0 {
                 continue;
             }
             let cf = self.core(core);
-            let path = format!("{}/data", cf.dir);
+            // Large writes: let the disk start on them now, so the next
+            // flush does not wait for all of them at once.
+            let end = start + filled;
+            let from = cf.writeback_from.min(*start);
+            let kick = end - from >= WRITEBACK;
+            cf.writeback_from = if kick { end } else { from };
+            cf.data_dirty = true;
             let f = cf
                 .data_file(vfs.as_ref(), true)?
                 .ok_or_else(|| StorageError::Corrupt("data file vanished".into()))?;
-            f.write_at(buf, *start)
-                .map_err(|e| io_err("write", &path, e))?;
-            cf.data_dirty = true;
+            let slices: Vec<&[u8]> = bufs.iter().map(|b| b.as_slice()).collect();
+            if let Err(e) = f.write_all_at(&slices, *start) {
+                return Err(io_err("write", &format!("{}/data", cf.dir), e));
+            }
+            if kick {
+                f.start_writeback(from, end - from);
+            }
         }
         // 2. The WAL record is the commit point.
-        let payload = postcard::to_stdvec(&wal_ops)
+        // The payload is encoded in place after a header filled in below.
+        let mut rec = Vec::with_capacity(WAL_HEADER + 64 * wal_ops.len() + 64);
+        rec.resize(WAL_HEADER, 0);
+        let mut rec = postcard::to_extend(&wal_ops, rec)
             .map_err(|_| StorageError::Corrupt("batch does not encode".into()))?;
-        if payload.len() > MAX_WAL_RECORD {
+        let payload_len = rec.len() - WAL_HEADER;
+        if payload_len > MAX_WAL_RECORD {
             return Err(StorageError::Corrupt(
                 "batch too large for one record".into(),
             ));
         }
-        let mut rec = Vec::with_capacity(WAL_HEADER + payload.len());
-        rec.extend_from_slice(&WAL_MAGIC.to_le_bytes());
-        rec.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         let mut c = crc32fast::Hasher::new();
         c.update(&self.generation.to_le_bytes());
-        c.update(&payload);
-        rec.extend_from_slice(&c.finalize().to_le_bytes());
-        rec.extend_from_slice(&self.generation.to_le_bytes());
-        rec.extend_from_slice(&payload);
+        c.update(&rec[WAL_HEADER..]);
+        rec[0..4].copy_from_slice(&WAL_MAGIC.to_le_bytes());
+        rec[4..8].copy_from_slice(&(payload_len as u32).to_le_bytes());
+        rec[8..12].copy_from_slice(&c.finalize().to_le_bytes());
+        rec[12..20].copy_from_slice(&self.generation.to_le_bytes());
         self.wal
             .write_at(&rec, self.wal_len)
             .map_err(|e| io_err("write", "wal", e))?;
