@@ -1,0 +1,191 @@
+//! Checkpoints and fast-forward: a late joiner starts from the indexed state
+//! signed by a majority of indexers, and refuses forged, under-signed or
+//! mismatching checkpoints with typed errors.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use autobase_rs::checkpoint::writer_key;
+use autobase_rs::{CheckpointError, Error};
+use common::*;
+use hypercore_rs::{KeyPair, MemoryStorage};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+fn refused(r: Result<(), Error>) -> CheckpointError {
+    match r {
+        Err(Error::Checkpoint(e)) => e,
+        other => panic!("expected a checkpoint error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_late_joiner_fast_forwards_from_a_majority_checkpoint() {
+    // Three indexers (c offline): a and b are a majority.
+    let a = mem(None).await;
+    let b = mem(Some(a.key())).await;
+    let c = mem(Some(a.key())).await;
+    connect(&a, &b);
+    a.append(format!("a{}", hex(&b.local_writer_key())).into_bytes())
+        .await
+        .unwrap();
+    settle(&[&a, &b], || async { b.writable().await }).await;
+    a.append(format!("a{}", hex(&c.local_writer_key())).into_bytes())
+        .await
+        .unwrap();
+    for i in 0..40 {
+        a.append(format!("pa{i}=1").into_bytes()).await.unwrap();
+        b.append(format!("pb{i}=1").into_bytes()).await.unwrap();
+    }
+    settle(&[&a, &b], || async { converged(&[&a, &b]).await }).await;
+    let history = a.indexed_length().await;
+    assert!(history > 80, "history {history}");
+
+    let mut signed = a.sign_checkpoint().await.unwrap();
+    assert_eq!(
+        signed.checkpoint,
+        b.checkpoint().await,
+        "same bytes on both"
+    );
+    let only_a = signed.clone();
+    signed.merge(&b.sign_checkpoint().await.unwrap()).unwrap();
+    let blocks = vec![a.view_blocks("view").await.unwrap()];
+
+    let (d, calls) = open(Arc::new(MemoryStorage::new()), Some(a.key())).await;
+    // A minority of the indexers (one of three) is not enough.
+    assert_eq!(
+        refused(d.fast_forward(&only_a, &blocks).await),
+        CheckpointError::NoQuorum {
+            signed: 1,
+            needed: 2
+        }
+    );
+    // Altered after signing.
+    let mut forged = signed.clone();
+    forged.checkpoint.rejected += 1;
+    assert_eq!(
+        refused(d.fast_forward(&forged, &blocks).await),
+        CheckpointError::BadSignature
+    );
+    let mut forged = signed.clone();
+    forged.checkpoint.views[0].hash[0] ^= 1;
+    assert_eq!(
+        refused(d.fast_forward(&forged, &blocks).await),
+        CheckpointError::BadSignature
+    );
+    // A stranger who names itself the only indexer and signs: its own
+    // quorum holds, but none of the indexers the joiner trusts signed.
+    let stranger = KeyPair::from_seed([9; 32]);
+    let mut own = signed.checkpoint.clone();
+    for m in &mut own.members {
+        m.removed = true;
+    }
+    own.members[0].key = writer_key(&stranger.public_key());
+    own.members[0].removed = false;
+    own.members[0].indexer = true;
+    let mut forged = autobase_rs::SignedCheckpoint::unsigned(own);
+    forged.sign(&stranger);
+    assert_eq!(
+        refused(d.fast_forward(&forged, &blocks).await),
+        CheckpointError::NoQuorum {
+            signed: 0,
+            needed: 1
+        }
+    );
+    // View blocks that do not rebuild the signed tree.
+    let mut bad = blocks.clone();
+    bad[0].pop();
+    assert!(matches!(
+        refused(d.fast_forward(&signed, &bad).await),
+        CheckpointError::ViewMismatch(_)
+    ));
+    let mut bad = blocks.clone();
+    if let Some(last) = bad[0].last_mut() {
+        last.push(0);
+    }
+    assert!(matches!(
+        refused(d.fast_forward(&signed, &bad).await),
+        CheckpointError::ViewMismatch(_)
+    ));
+    // Another base's checkpoint.
+    let other = mem(None).await;
+    other.append(b"px=1".to_vec()).await.unwrap();
+    let theirs = other.sign_checkpoint().await.unwrap();
+    assert_eq!(
+        refused(
+            d.fast_forward(&theirs, &[other.view_blocks("view").await.unwrap()])
+                .await
+        ),
+        CheckpointError::WrongBase
+    );
+    // Nothing was installed by the refusals.
+    assert_eq!(d.indexed_length().await, 0);
+    assert_eq!(calls.load(Ordering::Relaxed), 0);
+
+    // The majority checkpoint is taken: no apply call at all.
+    d.fast_forward(&signed, &blocks).await.unwrap();
+    assert_eq!(d.indexed_length().await, history);
+    assert_eq!(
+        d.view_hash("view").await.unwrap(),
+        a.view_hash("view").await.unwrap()
+    );
+    assert_eq!(dump(&d).await.len(), 80);
+    assert_eq!(calls.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        refused(d.fast_forward(&signed, &blocks).await),
+        CheckpointError::Stale {
+            have: history,
+            offered: history
+        }
+    );
+
+    // Then it catches up on the nodes after the frontier only.
+    connect(&a, &d);
+    connect(&b, &d);
+    for i in 0..5 {
+        a.append(format!("pqa{i}=2").into_bytes()).await.unwrap();
+        b.append(format!("pqb{i}=2").into_bytes()).await.unwrap();
+    }
+    settle(&[&a, &b, &d], || async { converged(&[&a, &b, &d]).await }).await;
+    assert_eq!(dump(&d).await.len(), 90);
+    assert_eq!(
+        d.view_hash("view").await.unwrap(),
+        a.view_hash("view").await.unwrap()
+    );
+    let applied = calls.load(Ordering::Relaxed);
+    assert!(
+        (10..=20).contains(&applied),
+        "the joiner applied {applied} blocks of {} indexed",
+        d.indexed_length().await
+    );
+
+    // A joiner that replays everything applies the whole history.
+    let (e, replayed) = open(Arc::new(MemoryStorage::new()), Some(a.key())).await;
+    connect(&a, &e);
+    settle(&[&a, &b, &e], || async { converged(&[&a, &b, &e]).await }).await;
+    assert!(replayed.load(Ordering::Relaxed) >= 90);
+    assert_eq!(
+        e.view_hash("view").await.unwrap(),
+        d.view_hash("view").await.unwrap()
+    );
+}
+
+#[tokio::test]
+async fn only_indexers_sign_and_merging_needs_equal_checkpoints() {
+    let a = mem(None).await;
+    let b = mem(Some(a.key())).await;
+    let e = b.sign_checkpoint().await;
+    assert!(matches!(
+        e,
+        Err(Error::Checkpoint(CheckpointError::NotIndexer))
+    ));
+    let mut s1 = a.sign_checkpoint().await.unwrap();
+    a.append(b"pk=v".to_vec()).await.unwrap();
+    let s2 = a.sign_checkpoint().await.unwrap();
+    assert_eq!(s1.merge(&s2), Err(CheckpointError::Differ));
+    // A lone indexer's checkpoint verifies alone.
+    s2.verify(&a.key(), &[a.key()]).unwrap();
+    assert_eq!(
+        s2.verify(&b.local_writer_key(), &[a.key()]),
+        Err(CheckpointError::WrongBase)
+    );
+}
