@@ -351,16 +351,39 @@ impl AutobaseBuilder {
             }
             None => None,
         };
-        let mut bees = Vec::new();
-        let mut marks = Vec::new();
-        for (i, name) in self.views.iter().enumerate() {
-            let core = base_ns.get(&format!("view/{name}")).await?;
-            if let Some(r) = &record {
-                let want = r.views[i].length;
-                if core.length() > want {
-                    core.truncate(want).await?;
+        let mut cores = Vec::with_capacity(self.views.len());
+        for name in &self.views {
+            cores.push(base_ns.get(&format!("view/{name}")).await?);
+        }
+        let mut record = record;
+        if let Some(r) = &record {
+            // Views hold at least what the record describes (they are
+            // written first); drop the applied-but-uncommitted rest. A view
+            // whose bytes differ from the record (a fast-forward that crashed
+            // before its record) cannot be trusted: rebuild from scratch.
+            let mut consistent = true;
+            for (core, mark) in cores.iter().zip(&r.views) {
+                if core.length() > mark.length {
+                    core.truncate(mark.length).await?;
+                }
+                consistent &= core.length() == mark.length && core.tree_hash() == mark.hash;
+            }
+            if !consistent {
+                record = None;
+            }
+        }
+        if record.is_none() {
+            // Nothing committed: whatever the views hold is an uncommitted
+            // tail (or a crashed fast-forward), re-applied from the inputs.
+            for core in &cores {
+                if core.length() > 0 {
+                    core.truncate(0).await?;
                 }
             }
+        }
+        let mut bees = Vec::new();
+        let mut marks = Vec::new();
+        for (name, core) in self.views.iter().zip(cores) {
             let bee = Bee::open(core.clone()).await?;
             marks.push(ViewMark {
                 length: core.length(),

@@ -270,3 +270,68 @@ pub(crate) fn tree_hash_of(blocks: &[Vec<u8>]) -> [u8; 32] {
     let roots: Vec<TreeNode> = stack.into_iter().map(|(n, _)| n).collect();
     tree_hash(&roots)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use hypercore_rs::{Core, MemoryStorage};
+    use proptest::prelude::*;
+    use std::sync::Arc;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn tree_hash_of_matches_a_core(blocks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 0..70)) {
+            let got = futures::executor::block_on(async {
+                let core = Core::builder(Arc::new(MemoryStorage::new())).open().await.unwrap();
+                let mut hashes = vec![core.tree_hash()];
+                for b in &blocks {
+                    core.append(b).await.unwrap();
+                    hashes.push(core.tree_hash());
+                }
+                hashes
+            });
+            for (n, h) in got.iter().enumerate() {
+                prop_assert_eq!(tree_hash_of(&blocks[..n]), *h);
+            }
+        }
+    }
+
+    #[test]
+    fn duplicate_signatures_count_once() {
+        let kp = KeyPair::from_seed([3; 32]);
+        let other = KeyPair::from_seed([4; 32]);
+        let base = writer_key(&kp.public_key());
+        let mut host = Host::default();
+        host.add_writer(base, true).unwrap();
+        host.add_writer(writer_key(&other.public_key()), true)
+            .unwrap();
+        let cp = Checkpoint::new(base, 5, Vec::new(), &host, 0, Vec::new());
+        let mut s = SignedCheckpoint::unsigned(cp);
+        s.sign(&kp);
+        let dup = s.signatures[0].clone();
+        s.signatures.push(dup);
+        // Two indexers: one signer, twice, is still one of two.
+        assert_eq!(
+            s.verify(&base, &[base]),
+            Err(CheckpointError::NoQuorum {
+                signed: 1,
+                needed: 2
+            })
+        );
+        s.sign(&other);
+        s.verify(&base, &[base]).unwrap();
+        let sigs = s.signatures.clone();
+        s.signatures =
+            std::iter::repeat_n(sigs[0].clone(), MAX_CHECKPOINT_SIGNATURES + 1).collect();
+        assert!(matches!(
+            s.verify(&base, &[base]),
+            Err(CheckpointError::Malformed(_))
+        ));
+        // A signature moved onto another public key does not verify.
+        s.signatures = sigs;
+        s.signatures[0].public_key = KeyPair::from_seed([5; 32]).public_key();
+        assert_eq!(s.verify(&base, &[base]), Err(CheckpointError::BadSignature));
+    }
+}

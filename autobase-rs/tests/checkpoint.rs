@@ -189,3 +189,75 @@ async fn only_indexers_sign_and_merging_needs_equal_checkpoints() {
         Err(CheckpointError::WrongBase)
     );
 }
+
+/// A base with one indexer and `n` values, and a signed checkpoint of it.
+async fn history(
+    n: usize,
+) -> (
+    autobase_rs::Autobase,
+    autobase_rs::SignedCheckpoint,
+    Vec<Vec<Vec<u8>>>,
+) {
+    let a = mem(None).await;
+    for i in 0..n {
+        a.append(format!("pk{i}=v").into_bytes()).await.unwrap();
+    }
+    let signed = a.sign_checkpoint().await.unwrap();
+    let blocks = vec![a.view_blocks("view").await.unwrap()];
+    (a, signed, blocks)
+}
+
+#[tokio::test]
+async fn a_fast_forwarded_peer_restarts_from_its_record() {
+    let (a, signed, blocks) = history(30).await;
+    let storage: Arc<dyn hypercore_rs::Storage> = Arc::new(MemoryStorage::new());
+    let (d, calls) = open(storage.clone(), Some(a.key())).await;
+    d.fast_forward(&signed, &blocks).await.unwrap();
+    d.flush().await.unwrap();
+    drop(d);
+    let (d, calls2) = open(storage, Some(a.key())).await;
+    assert_eq!(d.indexed_length().await, 30);
+    assert_eq!(
+        d.view_hash("view").await.unwrap(),
+        a.view_hash("view").await.unwrap()
+    );
+    assert_eq!(
+        calls.load(Ordering::Relaxed) + calls2.load(Ordering::Relaxed),
+        0
+    );
+    connect(&a, &d);
+    a.append(b"pz=1".to_vec()).await.unwrap();
+    settle(&[&a, &d], || async { converged(&[&a, &d]).await }).await;
+    assert_eq!(calls2.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn view_bytes_without_a_record_are_dropped_on_open() {
+    // As after a fast-forward that crashed before its record: the view holds
+    // blocks, no record says so. The base must rebuild, not apply on top.
+    let (a, _, blocks) = history(10).await;
+    let storage: Arc<dyn hypercore_rs::Storage> = Arc::new(MemoryStorage::new());
+    {
+        let store = hypercore_rs::Corestore::open(storage.clone())
+            .await
+            .unwrap();
+        let view = store
+            .namespace("autobase-rs")
+            .namespace(&hex(&a.key()))
+            .get("view/view")
+            .await
+            .unwrap();
+        for b in &blocks[0] {
+            view.append(b).await.unwrap();
+        }
+        view.flush().await.unwrap();
+    }
+    let (d, calls) = open(storage, Some(a.key())).await;
+    connect(&a, &d);
+    settle(&[&a, &d], || async { converged(&[&a, &d]).await }).await;
+    assert_eq!(calls.load(Ordering::Relaxed), 10);
+    assert_eq!(
+        d.view_hash("view").await.unwrap(),
+        a.view_hash("view").await.unwrap()
+    );
+}
