@@ -196,6 +196,9 @@ struct Applied {
 struct Input {
     core: Core,
     _download: Option<Download>,
+    /// Single blocks below the download range that a head names (their
+    /// height is needed), by seq.
+    wants: HashMap<u64, Download>,
     frozen: bool,
 }
 
@@ -414,6 +417,7 @@ impl AutobaseBuilder {
             Input {
                 core: local_core.clone(),
                 _download: None,
+                wants: HashMap::new(),
                 frozen: false,
             },
         );
@@ -765,11 +769,18 @@ impl Autobase {
         for (id, input) in old {
             if let Some(k) = st.lin.key(id) {
                 let nid = lin.writer(k);
+                // Only what follows the new frontier is needed (and the
+                // last committed block, which new nodes usually name).
+                let from = lin.committed_len(nid).saturating_sub(1);
+                let download =
+                    (!input.core.writable()).then(|| input.core.download(from, u64::MAX));
                 st.inputs.insert(
                     nid,
                     Input {
+                        _download: download,
+                        wants: HashMap::new(),
                         frozen: false,
-                        ..input
+                        core: input.core,
                     },
                 );
             }
@@ -864,10 +875,14 @@ impl Autobase {
         let id = st.lin.writer(key);
         if let std::collections::hash_map::Entry::Vacant(e) = st.inputs.entry(id) {
             let core = self.inner.store.get_by_key(key).await?;
-            let download = (!core.writable()).then(|| core.download_live());
+            // Blocks before the committed frontier are never read again
+            // (except a few named heads, fetched one by one in `pull`).
+            let from = st.lin.committed_len(id).saturating_sub(1);
+            let download = (!core.writable()).then(|| core.download(from, u64::MAX));
             e.insert(Input {
                 core,
                 _download: download,
+                wants: HashMap::new(),
                 frozen: false,
             });
         }
@@ -952,7 +967,7 @@ impl Autobase {
                         }
                         break;
                     }
-                    if seq >= core.contiguous_length() {
+                    if seq >= core.length() {
                         break;
                     }
                     let Some(bytes) = core.get(seq).await? else {
@@ -980,13 +995,30 @@ impl Autobase {
                             }
                             Presence::Pruned => {
                                 let c = st.inputs.get(&w).map(|i| i.core.clone());
+                                // After a fast-forward the core may not know
+                                // that length yet: wait for it, do not fail.
                                 let b = match c {
-                                    Some(c) => c.get(node.seq).await?,
-                                    None => None,
+                                    Some(c) if node.seq < c.length() => c.get(node.seq).await?,
+                                    _ => None,
                                 };
-                                match b.as_deref().and_then(Block::decode) {
-                                    Some(b) => Some(b.height),
-                                    None => {
+                                match (b.as_deref(), st.inputs.get_mut(&w)) {
+                                    (Some(bytes), _) => match Block::decode(bytes) {
+                                        Some(b) => Some(b.height),
+                                        None => {
+                                            ready = false;
+                                            None
+                                        }
+                                    },
+                                    (None, Some(input)) => {
+                                        // Below the download range: fetch it.
+                                        let core = input.core.clone();
+                                        input.wants.entry(node.seq).or_insert_with(|| {
+                                            core.download(node.seq, node.seq + 1)
+                                        });
+                                        ready = false;
+                                        None
+                                    }
+                                    (None, None) => {
                                         ready = false;
                                         None
                                     }

@@ -151,6 +151,12 @@ async fn a_late_joiner_fast_forwards_from_a_majority_checkpoint() {
         d.view_hash("view").await.unwrap(),
         a.view_hash("view").await.unwrap()
     );
+    // It never downloaded the inputs' history either.
+    for w in [a.local_writer_key(), b.local_writer_key()] {
+        let core = d.store().get_by_key(w).await.unwrap();
+        assert!(core.length() > 40);
+        assert!(!core.has(0, 1).await.unwrap(), "history block downloaded");
+    }
     let applied = calls.load(Ordering::Relaxed);
     assert!(
         (10..=20).contains(&applied),
