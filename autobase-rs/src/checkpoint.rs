@@ -189,6 +189,26 @@ impl SignedCheckpoint {
         });
     }
 
+    /// The wire encoding (postcard), to carry a checkpoint to a joiner.
+    pub fn encode(&self) -> Vec<u8> {
+        // Plain owned data into a Vec: cannot fail.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// Decodes [`SignedCheckpoint::encode`]'s bytes (never panics; says
+    /// nothing about the signatures: call [`SignedCheckpoint::verify`]).
+    pub fn decode(bytes: &[u8]) -> Result<Self, CheckpointError> {
+        let s: SignedCheckpoint =
+            postcard::from_bytes(bytes).map_err(|_| CheckpointError::Malformed("encoding"))?;
+        if s.checkpoint.version != CHECKPOINT_VERSION {
+            return Err(CheckpointError::Malformed("version"));
+        }
+        if s.signatures.len() > MAX_CHECKPOINT_SIGNATURES {
+            return Err(CheckpointError::Malformed("too many signatures"));
+        }
+        Ok(s)
+    }
+
     /// Adds the signatures of `other` over the same checkpoint.
     pub fn merge(&mut self, other: &SignedCheckpoint) -> Result<(), CheckpointError> {
         if other.checkpoint != self.checkpoint {
@@ -294,6 +314,33 @@ mod tests {
             });
             for (n, h) in got.iter().enumerate() {
                 prop_assert_eq!(tree_hash_of(&blocks[..n]), *h);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn decode_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            let _ = SignedCheckpoint::decode(&bytes);
+        }
+
+        #[test]
+        fn a_flipped_bit_never_verifies(pos in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let kp = KeyPair::from_seed([3; 32]);
+            let base = writer_key(&kp.public_key());
+            let mut host = Host::default();
+            host.add_writer(base, true).unwrap();
+            let views = vec![ViewCheckpoint { name: "view".into(), length: 7, hash: [1; 32] }];
+            let cp = Checkpoint::new(base, 9, Vec::new(), &host, 2, views);
+            let mut s = SignedCheckpoint::unsigned(cp);
+            s.sign(&kp);
+            let mut bytes = s.encode();
+            prop_assert_eq!(&SignedCheckpoint::decode(&bytes).unwrap(), &s);
+            let i = pos.index(bytes.len());
+            bytes[i] ^= 1 << bit;
+            if let Ok(t) = SignedCheckpoint::decode(&bytes) {
+                prop_assert!(t == s || t.verify(&base, &[base]).is_err());
             }
         }
     }
