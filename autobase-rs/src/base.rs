@@ -1002,8 +1002,13 @@ impl Autobase {
                                     _ => None,
                                 };
                                 match (b.as_deref(), st.inputs.get_mut(&w)) {
-                                    (Some(bytes), _) => match Block::decode(bytes) {
-                                        Some(b) => Some(b.height),
+                                    (Some(bytes), input) => match Block::decode(bytes) {
+                                        Some(b) => {
+                                            if let Some(i) = input {
+                                                i.wants.remove(&node.seq);
+                                            }
+                                            Some(b.height)
+                                        }
                                         None => {
                                             ready = false;
                                             None
