@@ -5,6 +5,9 @@
 //! It must never let a peer's bytes panic or stall other writers, and never
 //! record a system state that points past what the views hold.
 
+use crate::checkpoint::{
+    tree_hash_of, Checkpoint, CheckpointError, SignedCheckpoint, ViewCheckpoint,
+};
 use crate::error::{ApplyError, Error};
 use crate::linearizer::{HeadRef, Linearizer, NodeId, Order, Presence, WriterCheckpoint, WriterId};
 use crate::node::{Block, Body, Node, WireHead, NODE_VERSION};
@@ -13,7 +16,7 @@ use futures::Stream;
 use hyperbee_rs::{Batch, Bee, Snapshot};
 use hypercore_rs::replication::ReplicateOptions;
 use hypercore_rs::storage::{Batch as StorageBatch, Op};
-use hypercore_rs::{Core, Corestore, Download, Manifest};
+use hypercore_rs::{Core, Corestore, Download, KeyPair, Manifest};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -133,7 +136,11 @@ impl Host {
             .count()
     }
 
-    fn indexer_keys(&self) -> Vec<[u8; 32]> {
+    pub(crate) fn from_writers(writers: Vec<WriterInfo>) -> Self {
+        Host { writers }
+    }
+
+    pub(crate) fn indexer_keys(&self) -> Vec<[u8; 32]> {
         self.writers
             .iter()
             .filter(|w| w.indexer && !w.removed)
@@ -189,6 +196,9 @@ struct Applied {
 struct Input {
     core: Core,
     _download: Option<Download>,
+    /// Single blocks below the download range that a head names (their
+    /// height is needed), by seq.
+    wants: HashMap<u64, Download>,
     frozen: bool,
 }
 
@@ -230,6 +240,8 @@ struct Inner {
     store: Corestore,
     key: [u8; 32],
     local_key: [u8; 32],
+    key_pair: KeyPair,
+    view_names: Vec<String>,
     record_key: Vec<u8>,
     clock: Option<Arc<dyn hypercore_rs::Clock>>,
     apply: Box<dyn Apply>,
@@ -308,10 +320,21 @@ impl AutobaseBuilder {
         let ns = self.store.namespace(NAMESPACE);
         let boot_ns = ns.namespace("bootstrap");
         let boot_key = Manifest::single(boot_ns.key_pair(&self.name).public_key()).key();
-        let (key, local_core) = match self.bootstrap {
-            None => (boot_key, boot_ns.get(&self.name).await?),
-            Some(k) if k == boot_key => (k, boot_ns.get(&self.name).await?),
-            Some(k) => (k, ns.namespace(&hex(&k)).get("local").await?),
+        let (key, local_core, key_pair) = match self.bootstrap {
+            None => (
+                boot_key,
+                boot_ns.get(&self.name).await?,
+                boot_ns.key_pair(&self.name),
+            ),
+            Some(k) if k == boot_key => (
+                k,
+                boot_ns.get(&self.name).await?,
+                boot_ns.key_pair(&self.name),
+            ),
+            Some(k) => {
+                let local_ns = ns.namespace(&hex(&k));
+                (k, local_ns.get("local").await?, local_ns.key_pair("local"))
+            }
         };
         let base_ns = ns.namespace(&hex(&key));
         let record_key = format!("autobase-rs/{}/system", hex(&key)).into_bytes();
@@ -331,16 +354,39 @@ impl AutobaseBuilder {
             }
             None => None,
         };
-        let mut bees = Vec::new();
-        let mut marks = Vec::new();
-        for (i, name) in self.views.iter().enumerate() {
-            let core = base_ns.get(&format!("view/{name}")).await?;
-            if let Some(r) = &record {
-                let want = r.views[i].length;
-                if core.length() > want {
-                    core.truncate(want).await?;
+        let mut cores = Vec::with_capacity(self.views.len());
+        for name in &self.views {
+            cores.push(base_ns.get(&format!("view/{name}")).await?);
+        }
+        let mut record = record;
+        if let Some(r) = &record {
+            // Views hold at least what the record describes (they are
+            // written first); drop the applied-but-uncommitted rest. A view
+            // whose bytes differ from the record (a fast-forward that crashed
+            // before its record) cannot be trusted: rebuild from scratch.
+            let mut consistent = true;
+            for (core, mark) in cores.iter().zip(&r.views) {
+                if core.length() > mark.length {
+                    core.truncate(mark.length).await?;
+                }
+                consistent &= core.length() == mark.length && core.tree_hash() == mark.hash;
+            }
+            if !consistent {
+                record = None;
+            }
+        }
+        if record.is_none() {
+            // Nothing committed: whatever the views hold is an uncommitted
+            // tail (or a crashed fast-forward), re-applied from the inputs.
+            for core in &cores {
+                if core.length() > 0 {
+                    core.truncate(0).await?;
                 }
             }
+        }
+        let mut bees = Vec::new();
+        let mut marks = Vec::new();
+        for (name, core) in self.views.iter().zip(cores) {
             let bee = Bee::open(core.clone()).await?;
             marks.push(ViewMark {
                 length: core.length(),
@@ -371,6 +417,7 @@ impl AutobaseBuilder {
             Input {
                 core: local_core.clone(),
                 _download: None,
+                wants: HashMap::new(),
                 frozen: false,
             },
         );
@@ -378,6 +425,8 @@ impl AutobaseBuilder {
             store: self.store.clone(),
             key,
             local_key: local_core.key(),
+            key_pair,
+            view_names: self.views.clone(),
             record_key,
             clock: self.clock,
             apply: self.apply,
@@ -590,6 +639,175 @@ impl Autobase {
         Ok(st.tip_views()[i].hash)
     }
 
+    /// The indexed state as a checkpoint (unsigned): every peer that indexed
+    /// the same nodes builds the same checkpoint.
+    pub async fn checkpoint(&self) -> Checkpoint {
+        let st = self.inner.state.lock().await;
+        self.checkpoint_of(&st)
+    }
+
+    fn checkpoint_of(&self, st: &State) -> Checkpoint {
+        let views = self
+            .inner
+            .view_names
+            .iter()
+            .zip(st.base_views.iter())
+            .map(|(name, m)| ViewCheckpoint {
+                name: name.clone(),
+                length: m.length,
+                hash: m.hash,
+            })
+            .collect();
+        Checkpoint::new(
+            self.inner.key,
+            st.lin.committed_count(),
+            st.lin.checkpoint(),
+            &st.base_host,
+            st.base_rejected,
+            views,
+        )
+    }
+
+    /// This peer's signature over its indexed state; only an indexer at the
+    /// indexed length signs. Merge signatures of several indexers with
+    /// [`SignedCheckpoint::merge`].
+    pub async fn sign_checkpoint(&self) -> Result<SignedCheckpoint, Error> {
+        let st = self.inner.state.lock().await;
+        if !st.base_host.is_indexer(&self.inner.local_key) {
+            return Err(CheckpointError::NotIndexer.into());
+        }
+        let mut signed = SignedCheckpoint::unsigned(self.checkpoint_of(&st));
+        signed.sign(&self.inner.key_pair);
+        Ok(signed)
+    }
+
+    /// The blocks of view `name` up to its length at the indexed length, to
+    /// hand to a peer that fast-forwards to this peer's checkpoint.
+    pub async fn view_blocks(&self, name: &str) -> Result<Vec<Vec<u8>>, Error> {
+        let (core, length) = {
+            let st = self.inner.state.lock().await;
+            let i = st
+                .bees
+                .iter()
+                .position(|(n, _)| n == name)
+                .ok_or_else(|| Error::UnknownView(name.to_string()))?;
+            (st.bees[i].1.core().clone(), st.base_views[i].length)
+        };
+        let mut out = Vec::new();
+        for i in 0..length {
+            out.push(
+                core.get(i)
+                    .await?
+                    .ok_or(Error::Corrupt("view block missing"))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Starts from a checkpoint instead of replaying history: checks it is
+    /// signed by a majority of its own indexers and of the indexers this peer
+    /// knows (a fresh joiner knows the bootstrap writer), that it is ahead of
+    /// this peer's indexed length, and that `views` (the blocks of every
+    /// view, in view order) rebuild the signed tree hashes. Then installs the
+    /// views and the system state and continues with the nodes after the
+    /// checkpoint's frontier. Nothing changes when a check fails.
+    pub async fn fast_forward(
+        &self,
+        signed: &SignedCheckpoint,
+        views: &[Vec<Vec<u8>>],
+    ) -> Result<(), Error> {
+        let mut st = self.inner.state.lock().await;
+        let trusted = st.base_host.indexer_keys();
+        signed.verify(&self.inner.key, &trusted)?;
+        let cp = &signed.checkpoint;
+        let have = st.lin.committed_count();
+        if cp.indexed_length <= have {
+            return Err(CheckpointError::Stale {
+                have,
+                offered: cp.indexed_length,
+            }
+            .into());
+        }
+        if cp.views.len() != st.bees.len() || views.len() != st.bees.len() {
+            return Err(CheckpointError::Malformed("views").into());
+        }
+        for ((vc, blocks), name) in cp.views.iter().zip(views).zip(&self.inner.view_names) {
+            if &vc.name != name {
+                return Err(CheckpointError::Malformed("view names").into());
+            }
+            if blocks.len() as u64 != vc.length || tree_hash_of(blocks) != vc.hash {
+                return Err(CheckpointError::ViewMismatch(name.clone()).into());
+            }
+        }
+        // Install the views.
+        let mut marks = Vec::with_capacity(views.len());
+        for ((_, bee), blocks) in st.bees.iter_mut().zip(views) {
+            let core = bee.core().clone();
+            if core.length() > 0 {
+                core.truncate(0).await?;
+            }
+            if !blocks.is_empty() {
+                core.append_batch(blocks.iter().map(|b| b.as_slice()))
+                    .await?;
+            }
+            *bee = Bee::open(core.clone()).await?;
+            marks.push(ViewMark {
+                length: core.length(),
+                hash: core.tree_hash(),
+            });
+        }
+        for (m, vc) in marks.iter().zip(&cp.views) {
+            if m.length != vc.length || m.hash != vc.hash {
+                return Err(Error::Corrupt("installed view differs from checkpoint"));
+            }
+        }
+        // Install the system state: a linearizer continuing after the
+        // frontier, as after a restart.
+        let mut lin =
+            crate::linearizer::Linearizer::from_checkpoint(&cp.writers, cp.indexed_length);
+        let old = std::mem::take(&mut st.inputs);
+        for (id, input) in old {
+            if let Some(k) = st.lin.key(id) {
+                let nid = lin.writer(k);
+                // Only what follows the new frontier is needed (and the
+                // last committed block, which new nodes usually name).
+                let from = lin.committed_len(nid).saturating_sub(1);
+                let download =
+                    (!input.core.writable()).then(|| input.core.download(from, u64::MAX));
+                st.inputs.insert(
+                    nid,
+                    Input {
+                        _download: download,
+                        wants: HashMap::new(),
+                        frozen: false,
+                        core: input.core,
+                    },
+                );
+            }
+        }
+        st.local = lin.writer(self.inner.local_key);
+        st.lin = lin;
+        st.blocks.clear();
+        st.applied.clear();
+        st.base_host = Arc::new(cp.host());
+        st.base_views = Arc::new(marks);
+        st.base_rejected = cp.rejected;
+        let keys: Vec<[u8; 32]> = st
+            .base_host
+            .writers
+            .iter()
+            .map(|w| w.key)
+            .chain(cp.writers.iter().map(|w| w.key))
+            .collect();
+        for k in keys {
+            self.input(&mut st, k).await?;
+        }
+        self.set_indexers(&mut st);
+        self.persist(&st).await?;
+        self.pull(&mut st).await?;
+        self.settle(&mut st).await
+    }
+
     /// The writers at the tip.
     pub async fn writers(&self) -> Vec<WriterInfo> {
         let mut st = self.inner.state.lock().await;
@@ -657,10 +875,14 @@ impl Autobase {
         let id = st.lin.writer(key);
         if let std::collections::hash_map::Entry::Vacant(e) = st.inputs.entry(id) {
             let core = self.inner.store.get_by_key(key).await?;
-            let download = (!core.writable()).then(|| core.download_live());
+            // Blocks before the committed frontier are never read again
+            // (except a few named heads, fetched one by one in `pull`).
+            let from = st.lin.committed_len(id).saturating_sub(1);
+            let download = (!core.writable()).then(|| core.download(from, u64::MAX));
             e.insert(Input {
                 core,
                 _download: download,
+                wants: HashMap::new(),
                 frozen: false,
             });
         }
@@ -745,7 +967,7 @@ impl Autobase {
                         }
                         break;
                     }
-                    if seq >= core.contiguous_length() {
+                    if seq >= core.length() {
                         break;
                     }
                     let Some(bytes) = core.get(seq).await? else {
@@ -773,13 +995,35 @@ impl Autobase {
                             }
                             Presence::Pruned => {
                                 let c = st.inputs.get(&w).map(|i| i.core.clone());
+                                // After a fast-forward the core may not know
+                                // that length yet: wait for it, do not fail.
                                 let b = match c {
-                                    Some(c) => c.get(node.seq).await?,
-                                    None => None,
+                                    Some(c) if node.seq < c.length() => c.get(node.seq).await?,
+                                    _ => None,
                                 };
-                                match b.as_deref().and_then(Block::decode) {
-                                    Some(b) => Some(b.height),
-                                    None => {
+                                match (b.as_deref(), st.inputs.get_mut(&w)) {
+                                    (Some(bytes), input) => match Block::decode(bytes) {
+                                        Some(b) => {
+                                            if let Some(i) = input {
+                                                i.wants.remove(&node.seq);
+                                            }
+                                            Some(b.height)
+                                        }
+                                        None => {
+                                            ready = false;
+                                            None
+                                        }
+                                    },
+                                    (None, Some(input)) => {
+                                        // Below the download range: fetch it.
+                                        let core = input.core.clone();
+                                        input.wants.entry(node.seq).or_insert_with(|| {
+                                            core.download(node.seq, node.seq + 1)
+                                        });
+                                        ready = false;
+                                        None
+                                    }
+                                    (None, None) => {
                                         ready = false;
                                         None
                                     }

@@ -26,6 +26,10 @@ pub enum Error {
     /// outside this base, or malformed): its later blocks are ignored.
     #[error("this peer's input was rejected")]
     InputRejected,
+    /// A checkpoint was refused (forged, under-signed, stale, or its view
+    /// blocks do not match).
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
     /// An empty batch was given to append.
     #[error("an append needs at least one value")]
     Empty,

@@ -42,11 +42,13 @@
 #![deny(missing_docs)]
 
 mod base;
+pub mod checkpoint;
 mod error;
 pub mod linearizer;
 mod node;
 
 pub use base::{Apply, Autobase, AutobaseBuilder, Event, Host, View, WriterInfo};
+pub use checkpoint::{Checkpoint, CheckpointError, SignedCheckpoint};
 pub use error::{ApplyError, Error};
 pub use node::{Node, MAX_HEADS, NODE_VERSION};
 
