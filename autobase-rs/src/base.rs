@@ -12,7 +12,7 @@ use crate::error::{ApplyError, Error};
 use crate::linearizer::{HeadRef, Linearizer, NodeId, Order, Presence, WriterCheckpoint, WriterId};
 use crate::node::{Block, Body, Node, WireHead, NODE_VERSION};
 use futures::lock::Mutex as AsyncMutex;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use hyperbee_rs::{Batch, Bee, Snapshot};
 use hypercore_rs::replication::ReplicateOptions;
 use hypercore_rs::storage::{Batch as StorageBatch, Op};
@@ -1323,5 +1323,260 @@ impl Autobase {
             .await
             .map_err(hypercore_rs::Error::from)?;
         Ok(())
+    }
+}
+
+/// The extension message name on the bootstrap writer's input core that
+/// carries checkpoint requests and answers.
+pub const CHECKPOINT_EXTENSION: &str = "autobase/checkpoint";
+
+const MSG_REQUEST: u8 = 0;
+const MSG_OFFER: u8 = 1;
+const MSG_BLOCKS: u8 = 2;
+/// Block bytes per answer message (one larger block goes alone).
+const CHUNK_BYTES: usize = 256 * 1024;
+/// Distinct checkpoints a joiner keeps while waiting (forged ones included).
+const MAX_OFFERS: usize = 16;
+
+fn blocks_message(id: &[u8; 32], view: u32, start: u64, blocks: &[Vec<u8>]) -> Vec<u8> {
+    let mut m = vec![MSG_BLOCKS];
+    m.extend_from_slice(id);
+    m.extend_from_slice(&view.to_le_bytes());
+    m.extend_from_slice(&start.to_le_bytes());
+    m.extend_from_slice(&(blocks.len() as u32).to_le_bytes());
+    for b in blocks {
+        m.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        m.extend_from_slice(b);
+    }
+    m
+}
+
+/// Decodes a blocks message body (after the type byte); `None` when malformed.
+/// A blocks message: checkpoint id, view index, first block index, blocks.
+type BlocksMessage = ([u8; 32], u32, u64, Vec<Vec<u8>>);
+
+fn decode_blocks(b: &[u8]) -> Option<BlocksMessage> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if b.len() < n {
+            return None;
+        }
+        let (h, t) = b.split_at(n);
+        *b = t;
+        Some(h)
+    }
+    let mut b = b;
+    let id: [u8; 32] = take(&mut b, 32)?.try_into().ok()?;
+    let view = u32::from_le_bytes(take(&mut b, 4)?.try_into().ok()?);
+    let start = u64::from_le_bytes(take(&mut b, 8)?.try_into().ok()?);
+    let count = u32::from_le_bytes(take(&mut b, 4)?.try_into().ok()?);
+    let mut blocks = Vec::new();
+    for _ in 0..count {
+        let len = u32::from_le_bytes(take(&mut b, 4)?.try_into().ok()?) as usize;
+        blocks.push(take(&mut b, len)?.to_vec());
+    }
+    b.is_empty().then_some((id, view, start, blocks))
+}
+
+/// A checkpoint a joiner heard of, with the view blocks gathered so far.
+struct Offer {
+    signed: SignedCheckpoint,
+    blocks: Vec<Vec<Option<Vec<u8>>>>,
+}
+
+impl Autobase {
+    /// Answers checkpoint requests from peers on the replication session
+    /// until the extension channel closes: an indexer answers with its
+    /// signature over its indexed state, then the view blocks up to that
+    /// state in bounded-size messages. Other peers stay silent. Run it as a
+    /// background task next to [`Autobase::replicate`].
+    pub async fn serve_checkpoints(&self) -> Result<(), Error> {
+        let core = self.inner.store.get_by_key(self.inner.key).await?;
+        let mut rx = core.extension(CHECKPOINT_EXTENSION);
+        while let Some((_peer, msg)) = rx.next().await {
+            if msg.first() != Some(&MSG_REQUEST) {
+                continue;
+            }
+            let signed = match self.sign_checkpoint().await {
+                Ok(s) => s,
+                Err(_) => continue,
+            };
+            let id = signed.checkpoint.signable();
+            let mut offer = vec![MSG_OFFER];
+            offer.extend_from_slice(&signed.encode());
+            core.send_extension(CHECKPOINT_EXTENSION, offer);
+            for (v, vc) in signed.checkpoint.views.iter().enumerate() {
+                let blocks = self.view_blocks(&vc.name).await?;
+                let blocks = blocks.get(..vc.length as usize).unwrap_or(&blocks);
+                let mut start = 0usize;
+                while start < blocks.len() {
+                    let mut end = start;
+                    let mut size = 0usize;
+                    while end < blocks.len()
+                        && (end == start || size + blocks[end].len() <= CHUNK_BYTES)
+                    {
+                        size += blocks[end].len();
+                        end += 1;
+                    }
+                    core.send_extension(
+                        CHECKPOINT_EXTENSION,
+                        blocks_message(&id, v as u32, start as u64, &blocks[start..end]),
+                    );
+                    start = end;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks connected peers (over the replication session, see
+    /// [`Autobase::serve_checkpoints`]) for a checkpoint ahead of this
+    /// peer's indexed state, merges the signatures of the indexers that
+    /// answer, and fast-forwards with [`Autobase::fast_forward`] once one
+    /// checkpoint is signed by a quorum this peer trusts and its view blocks
+    /// are complete. Forged or under-signed answers are ignored. Returns
+    /// whether it fast-forwarded before `timeout` (on the base's clock);
+    /// either way the base then continues normally (by replay otherwise).
+    pub async fn fast_forward_from_peers(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Result<bool, Error> {
+        use futures::FutureExt;
+        let clock: Arc<dyn hypercore_rs::Clock> = self
+            .inner
+            .clock
+            .clone()
+            .unwrap_or_else(|| Arc::new(hypercore_rs::ThreadClock));
+        let core = self.inner.store.get_by_key(self.inner.key).await?;
+        let mut rx = core.extension(CHECKPOINT_EXTENSION);
+        let deadline = clock.now() + timeout;
+        let mut retry = std::time::Duration::from_millis(50);
+        let mut offers: HashMap<[u8; 32], Offer> = HashMap::new();
+        loop {
+            let now = clock.now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            // Peers may connect later: ask again, less and less often
+            // (every answer resends the views), and not at all once a
+            // trusted checkpoint's blocks are on their way.
+            let trusted = self.inner.state.lock().await.base_host.indexer_keys();
+            let coming = offers
+                .values()
+                .any(|o| o.signed.verify(&self.inner.key, &trusted).is_ok());
+            if !coming {
+                core.send_extension(CHECKPOINT_EXTENSION, vec![MSG_REQUEST]);
+            }
+            let mut tick = clock.sleep(retry.min(deadline - now)).fuse();
+            retry = (retry * 2).min(std::time::Duration::from_secs(2));
+            loop {
+                let msg = futures::select! {
+                    m = rx.next() => m,
+                    _ = tick => break,
+                };
+                let Some((_peer, msg)) = msg else {
+                    return Ok(false);
+                };
+                if self.take_answer(&mut offers, &msg).await? {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
+    /// Folds one answer into `offers`; fast-forwards and returns `true` once
+    /// an offer is complete and verifies.
+    async fn take_answer(
+        &self,
+        offers: &mut HashMap<[u8; 32], Offer>,
+        msg: &[u8],
+    ) -> Result<bool, Error> {
+        let (trusted, have) = {
+            let st = self.inner.state.lock().await;
+            (st.base_host.indexer_keys(), st.lin.committed_count())
+        };
+        let id = match msg.split_first() {
+            Some((&MSG_OFFER, body)) => {
+                let Ok(signed) = SignedCheckpoint::decode(body) else {
+                    return Ok(false);
+                };
+                let cp = &signed.checkpoint;
+                if cp.base != self.inner.key || cp.indexed_length <= have {
+                    return Ok(false);
+                }
+                let id = cp.signable();
+                if let Some(o) = offers.get_mut(&id) {
+                    let _ = o.signed.merge(&signed);
+                } else if offers.len() < MAX_OFFERS {
+                    offers.insert(
+                        id,
+                        Offer {
+                            signed,
+                            blocks: Vec::new(),
+                        },
+                    );
+                }
+                id
+            }
+            Some((&MSG_BLOCKS, body)) => {
+                let Some((id, view, start, blocks)) = decode_blocks(body) else {
+                    return Ok(false);
+                };
+                let Some(o) = offers.get_mut(&id) else {
+                    return Ok(false);
+                };
+                // Room for blocks only once the signatures are trusted, so
+                // a forged length never allocates.
+                if o.signed.verify(&self.inner.key, &trusted).is_err() {
+                    return Ok(false);
+                }
+                if o.blocks.is_empty() {
+                    o.blocks = o
+                        .signed
+                        .checkpoint
+                        .views
+                        .iter()
+                        .map(|v| vec![None; v.length as usize])
+                        .collect();
+                }
+                let Some(slots) = o.blocks.get_mut(view as usize) else {
+                    return Ok(false);
+                };
+                for (i, b) in blocks.into_iter().enumerate() {
+                    if let Some(slot) = usize::try_from(start)
+                        .ok()
+                        .and_then(|s| s.checked_add(i))
+                        .and_then(|j| slots.get_mut(j))
+                    {
+                        *slot = Some(b);
+                    }
+                }
+                id
+            }
+            _ => return Ok(false),
+        };
+        let Some(o) = offers.get_mut(&id) else {
+            return Ok(false);
+        };
+        if o.signed.verify(&self.inner.key, &trusted).is_err()
+            || o.blocks.len() != o.signed.checkpoint.views.len()
+            || o.blocks.iter().flatten().any(Option::is_none)
+        {
+            return Ok(false);
+        }
+        let views: Vec<Vec<Vec<u8>>> = o
+            .blocks
+            .iter()
+            .map(|v| v.iter().flatten().cloned().collect())
+            .collect();
+        match self.fast_forward(&o.signed, &views).await {
+            Ok(()) => Ok(true),
+            Err(Error::Checkpoint(_)) => {
+                // Blocks that do not rebuild the signed views (a peer sent
+                // bad ones): gather them again.
+                o.blocks.clear();
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 }

@@ -47,7 +47,9 @@ mod error;
 pub mod linearizer;
 mod node;
 
-pub use base::{Apply, Autobase, AutobaseBuilder, Event, Host, View, WriterInfo};
+pub use base::{
+    Apply, Autobase, AutobaseBuilder, Event, Host, View, WriterInfo, CHECKPOINT_EXTENSION,
+};
 pub use checkpoint::{Checkpoint, CheckpointError, SignedCheckpoint};
 pub use error::{ApplyError, Error};
 pub use node::{Node, MAX_HEADS, NODE_VERSION};

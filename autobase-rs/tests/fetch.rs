@@ -1,0 +1,139 @@
+//! Fetching a checkpoint over the replication session: a late joiner asks
+//! connected peers, merges the indexers' signatures, fast-forwards, and
+//! ignores forged answers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use autobase_rs::{Autobase, CHECKPOINT_EXTENSION};
+use common::*;
+use futures::StreamExt;
+use hypercore_rs::MemoryStorage;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Two indexers a and b with a history of `n` puts each.
+async fn history(n: usize) -> (Autobase, Autobase) {
+    let a = mem(None).await;
+    let b = mem(Some(a.key())).await;
+    connect(&a, &b);
+    a.append(format!("a{}", hex(&b.local_writer_key())).into_bytes())
+        .await
+        .unwrap();
+    settle(&[&a, &b], || async { b.writable().await }).await;
+    for i in 0..n {
+        a.append(format!("pa{i}=1").into_bytes()).await.unwrap();
+        b.append(format!("pb{i}=1").into_bytes()).await.unwrap();
+    }
+    settle(&[&a, &b], || async { converged(&[&a, &b]).await }).await;
+    (a, b)
+}
+
+fn serve(base: &Autobase) {
+    let base = base.clone();
+    tokio::spawn(async move {
+        let _ = base.serve_checkpoints().await;
+    });
+}
+
+#[tokio::test]
+async fn a_late_joiner_fetches_the_checkpoint_from_peers() {
+    let (a, b) = history(60).await;
+    let history = a.indexed_length().await;
+    assert!(history > 120, "history {history}");
+    serve(&a);
+    serve(&b);
+
+    let (d, calls) = open(Arc::new(MemoryStorage::new()), Some(a.key())).await;
+    connect(&a, &d);
+    connect(&b, &d);
+    // Neither signature alone is a quorum for the checkpoint's two
+    // indexers: d merges both answers.
+    assert!(d
+        .fast_forward_from_peers(Duration::from_secs(10))
+        .await
+        .unwrap());
+    assert_eq!(calls.load(Ordering::Relaxed), 0);
+    assert_eq!(d.indexed_length().await, history);
+    assert_eq!(
+        d.view_hash("view").await.unwrap(),
+        a.view_hash("view").await.unwrap()
+    );
+
+    // Then it continues normally with the nodes after the checkpoint.
+    for i in 0..5 {
+        a.append(format!("pqa{i}=2").into_bytes()).await.unwrap();
+        b.append(format!("pqb{i}=2").into_bytes()).await.unwrap();
+    }
+    settle(&[&a, &b, &d], || async { converged(&[&a, &b, &d]).await }).await;
+    let applied = calls.load(Ordering::Relaxed);
+    println!("history {history} nodes, joiner apply calls {applied}");
+    assert!(applied < 40, "applied {applied} of {history}");
+    assert_eq!(dump(&d).await.len(), 130);
+}
+
+#[tokio::test]
+async fn a_forged_answer_is_ignored_and_the_joiner_replays() {
+    let (a, b) = history(20).await;
+    let history = a.indexed_length().await;
+    // e is a plain replica that answers with forgeries.
+    let e = mem(Some(a.key())).await;
+    connect(&a, &e);
+    settle(&[&a, &b, &e], || async { converged(&[&a, &b, &e]).await }).await;
+    let mut signed = a.sign_checkpoint().await.unwrap();
+    signed.merge(&b.sign_checkpoint().await.unwrap()).unwrap();
+    let blocks = a.view_blocks("view").await.unwrap();
+    let core = e.store().get_by_key(a.key()).await.unwrap();
+    let mut rx = core.extension(CHECKPOINT_EXTENSION);
+    let forger = core.clone();
+    tokio::spawn(async move {
+        while let Some((_, msg)) = rx.next().await {
+            if msg.first() != Some(&0) {
+                continue;
+            }
+            // Altered after signing, and garbage.
+            let mut forged = signed.clone();
+            forged.checkpoint.rejected += 1;
+            let mut m = vec![1];
+            m.extend_from_slice(&forged.encode());
+            forger.send_extension(CHECKPOINT_EXTENSION, m);
+            forger.send_extension(CHECKPOINT_EXTENSION, vec![1, 2, 3]);
+            forger.send_extension(CHECKPOINT_EXTENSION, vec![2; 40]);
+            // The genuine checkpoint relayed, with view blocks altered.
+            let mut m = vec![1];
+            m.extend_from_slice(&signed.encode());
+            forger.send_extension(CHECKPOINT_EXTENSION, m);
+            let id = signed.checkpoint.signable();
+            let mut bad = blocks.clone();
+            if let Some(last) = bad.last_mut() {
+                last.push(0);
+            }
+            let mut m = vec![2];
+            m.extend_from_slice(&id);
+            m.extend_from_slice(&0u32.to_le_bytes());
+            m.extend_from_slice(&0u64.to_le_bytes());
+            m.extend_from_slice(&(bad.len() as u32).to_le_bytes());
+            for b in &bad {
+                m.extend_from_slice(&(b.len() as u32).to_le_bytes());
+                m.extend_from_slice(b);
+            }
+            forger.send_extension(CHECKPOINT_EXTENSION, m);
+        }
+    });
+
+    let (f, calls) = open(Arc::new(MemoryStorage::new()), Some(a.key())).await;
+    connect(&e, &f);
+    assert!(!f
+        .fast_forward_from_peers(Duration::from_millis(400))
+        .await
+        .unwrap());
+    assert_eq!(f.indexed_length().await, 0);
+    assert_eq!(calls.load(Ordering::Relaxed), 0);
+    // It falls back to replaying the history.
+    settle(&[&e, &f], || async { f.indexed_length().await == history }).await;
+    assert_eq!(
+        f.view_hash("view").await.unwrap(),
+        a.view_hash("view").await.unwrap()
+    );
+    assert!(calls.load(Ordering::Relaxed) > 0);
+}
