@@ -747,8 +747,9 @@ impl Autobase {
                 core.truncate(0).await?;
             }
             if !blocks.is_empty() {
-                core.append_batch(blocks.iter().map(|b| b.as_slice()))
-                    .await?;
+                // By reference (`&Vec<u8>` is `AsRef<[u8]>`), no closure:
+                // one across the await would make this future not `Send`.
+                core.append_batch(blocks.iter()).await?;
             }
             *bee = Bee::open(core.clone()).await?;
             marks.push(ViewMark {
@@ -1383,24 +1384,93 @@ struct Offer {
     blocks: Vec<Vec<Option<Vec<u8>>>>,
 }
 
+impl Offer {
+    /// Stores `blocks` of view `view` from index `start` (slots are made
+    /// on the first call; blocks out of range are dropped).
+    fn fill(&mut self, view: u32, start: u64, blocks: Vec<Vec<u8>>) {
+        if self.blocks.is_empty() {
+            self.blocks = self
+                .signed
+                .checkpoint
+                .views
+                .iter()
+                .map(|v| vec![None; v.length as usize])
+                .collect();
+        }
+        let Some(slots) = self.blocks.get_mut(view as usize) else {
+            return;
+        };
+        for (i, b) in blocks.into_iter().enumerate() {
+            if let Some(slot) = usize::try_from(start)
+                .ok()
+                .and_then(|s| s.checked_add(i))
+                .and_then(|j| slots.get_mut(j))
+            {
+                *slot = Some(b);
+            }
+        }
+    }
+
+    /// Every view's blocks, once all are in.
+    fn complete(&self) -> Option<Vec<Vec<Vec<u8>>>> {
+        if self.blocks.len() != self.signed.checkpoint.views.len() {
+            return None;
+        }
+        self.blocks
+            .iter()
+            .map(|v| v.iter().cloned().collect::<Option<Vec<Vec<u8>>>>())
+            .collect()
+    }
+}
+
 impl Autobase {
     /// Answers checkpoint requests from peers on the replication session
-    /// until the extension channel closes: an indexer answers with its
-    /// signature over its indexed state, then the view blocks up to that
-    /// state in bounded-size messages. Other peers stay silent. Run it as a
-    /// background task next to [`Autobase::replicate`].
+    /// until the extension channel closes, with the signed checkpoint of
+    /// this peer's indexed state, then the view blocks up to that state in
+    /// bounded-size messages. The signatures are this peer's own (if it is
+    /// an indexer) and the valid ones it heard in other peers' answers over
+    /// the same checkpoint, so indexers gather each other's signatures and
+    /// a non-indexer that heard a quorum relays it. A peer with no signature
+    /// for its state stays silent. Run it as a background task next to
+    /// [`Autobase::replicate`].
     pub async fn serve_checkpoints(&self) -> Result<(), Error> {
         let core = self.inner.store.get_by_key(self.inner.key).await?;
         let mut rx = core.extension(CHECKPOINT_EXTENSION);
+        let mut heard: HashMap<[u8; 32], SignedCheckpoint> = HashMap::new();
         while let Some((_peer, msg)) = rx.next().await {
-            if msg.first() != Some(&MSG_REQUEST) {
-                continue;
+            match msg.split_first() {
+                Some((&MSG_REQUEST, _)) => {}
+                Some((&MSG_OFFER, body)) => {
+                    if let Ok(mut s) = SignedCheckpoint::decode(body) {
+                        s.retain_valid();
+                        if s.checkpoint.base != self.inner.key || s.signatures.is_empty() {
+                            continue;
+                        }
+                        let id = s.checkpoint.signable();
+                        if let Some(h) = heard.get_mut(&id) {
+                            let _ = h.merge(&s);
+                        } else {
+                            if heard.len() >= MAX_OFFERS {
+                                heard.clear();
+                            }
+                            heard.insert(id, s);
+                        }
+                    }
+                    continue;
+                }
+                _ => continue,
             }
-            let signed = match self.sign_checkpoint().await {
+            let mut signed = match self.sign_checkpoint().await {
                 Ok(s) => s,
-                Err(_) => continue,
+                Err(_) => SignedCheckpoint::unsigned(self.checkpoint().await),
             };
             let id = signed.checkpoint.signable();
+            if let Some(h) = heard.get(&id) {
+                let _ = signed.merge(h);
+            }
+            if signed.signatures.is_empty() {
+                continue;
+            }
             let mut offer = vec![MSG_OFFER];
             offer.extend_from_slice(&signed.encode());
             core.send_extension(CHECKPOINT_EXTENSION, offer);
@@ -1456,16 +1526,10 @@ impl Autobase {
             if now >= deadline {
                 return Ok(false);
             }
-            // Peers may connect later: ask again, less and less often
-            // (every answer resends the views), and not at all once a
-            // trusted checkpoint's blocks are on their way.
-            let trusted = self.inner.state.lock().await.base_host.indexer_keys();
-            let coming = offers
-                .values()
-                .any(|o| o.signed.verify(&self.inner.key, &trusted).is_ok());
-            if !coming {
-                core.send_extension(CHECKPOINT_EXTENSION, vec![MSG_REQUEST]);
-            }
+            // Peers may connect later, and a peer may relay a genuine
+            // checkpoint with bad blocks or none: ask again, less and less
+            // often (every answer resends the views).
+            core.send_extension(CHECKPOINT_EXTENSION, vec![MSG_REQUEST]);
             let mut tick = clock.sleep(retry.min(deadline - now)).fuse();
             retry = (retry * 2).min(std::time::Duration::from_secs(2));
             loop {
@@ -1496,9 +1560,10 @@ impl Autobase {
         };
         let id = match msg.split_first() {
             Some((&MSG_OFFER, body)) => {
-                let Ok(signed) = SignedCheckpoint::decode(body) else {
+                let Ok(mut signed) = SignedCheckpoint::decode(body) else {
                     return Ok(false);
                 };
+                signed.retain_valid();
                 let cp = &signed.checkpoint;
                 if cp.base != self.inner.key || cp.indexed_length <= have {
                     return Ok(false);
@@ -1529,27 +1594,7 @@ impl Autobase {
                 if o.signed.verify(&self.inner.key, &trusted).is_err() {
                     return Ok(false);
                 }
-                if o.blocks.is_empty() {
-                    o.blocks = o
-                        .signed
-                        .checkpoint
-                        .views
-                        .iter()
-                        .map(|v| vec![None; v.length as usize])
-                        .collect();
-                }
-                let Some(slots) = o.blocks.get_mut(view as usize) else {
-                    return Ok(false);
-                };
-                for (i, b) in blocks.into_iter().enumerate() {
-                    if let Some(slot) = usize::try_from(start)
-                        .ok()
-                        .and_then(|s| s.checked_add(i))
-                        .and_then(|j| slots.get_mut(j))
-                    {
-                        *slot = Some(b);
-                    }
-                }
+                o.fill(view, start, blocks);
                 id
             }
             _ => return Ok(false),
@@ -1557,17 +1602,12 @@ impl Autobase {
         let Some(o) = offers.get_mut(&id) else {
             return Ok(false);
         };
-        if o.signed.verify(&self.inner.key, &trusted).is_err()
-            || o.blocks.len() != o.signed.checkpoint.views.len()
-            || o.blocks.iter().flatten().any(Option::is_none)
-        {
+        if o.signed.verify(&self.inner.key, &trusted).is_err() {
             return Ok(false);
         }
-        let views: Vec<Vec<Vec<u8>>> = o
-            .blocks
-            .iter()
-            .map(|v| v.iter().flatten().cloned().collect())
-            .collect();
+        let Some(views) = o.complete() else {
+            return Ok(false);
+        };
         match self.fast_forward(&o.signed, &views).await {
             Ok(()) => Ok(true),
             Err(Error::Checkpoint(_)) => {

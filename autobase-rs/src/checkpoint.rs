@@ -222,6 +222,19 @@ impl SignedCheckpoint {
         Ok(())
     }
 
+    /// Drops every signature that does not verify over this checkpoint, so
+    /// that a forged signature merged from one peer cannot spoil (or, under
+    /// a genuine signer's key, shadow) the genuine ones from another.
+    pub fn retain_valid(&mut self) {
+        let msg = self.checkpoint.signable();
+        self.signatures.retain(|s| {
+            VerifyingKey::from_bytes(&s.public_key).is_ok_and(|vk| {
+                vk.verify(&msg, &ed25519_dalek::Signature::from_bytes(&s.signature.0))
+                    .is_ok()
+            })
+        });
+    }
+
     /// Checks the checkpoint for base `base`: every signature verifies, a
     /// majority of the indexers it names signed, and a majority of
     /// `trusted` (the indexers the verifier already knows) signed.

@@ -29,6 +29,61 @@ async fn history(n: usize) -> (Autobase, Autobase) {
     (a, b)
 }
 
+/// Makes `e` answer every checkpoint request with forgeries: an altered
+/// checkpoint, garbage, the genuine checkpoint under a bogus signature in
+/// a genuine signer's name, and the genuine checkpoint with altered blocks.
+async fn spawn_forger(
+    e: &Autobase,
+    key: [u8; 32],
+    signed: autobase_rs::SignedCheckpoint,
+    blocks: Vec<Vec<u8>>,
+) {
+    let core = e.store().get_by_key(key).await.unwrap();
+    let mut rx = core.extension(CHECKPOINT_EXTENSION);
+    let forger = core.clone();
+    tokio::spawn(async move {
+        while let Some((_, msg)) = rx.next().await {
+            if msg.first() != Some(&0) {
+                continue;
+            }
+            let mut bogus = signed.clone();
+            for s in &mut bogus.signatures {
+                s.signature.0[0] ^= 1;
+            }
+            let mut m = vec![1];
+            m.extend_from_slice(&bogus.encode());
+            forger.send_extension(CHECKPOINT_EXTENSION, m);
+            // Altered after signing, and garbage.
+            let mut forged = signed.clone();
+            forged.checkpoint.rejected += 1;
+            let mut m = vec![1];
+            m.extend_from_slice(&forged.encode());
+            forger.send_extension(CHECKPOINT_EXTENSION, m);
+            forger.send_extension(CHECKPOINT_EXTENSION, vec![1, 2, 3]);
+            forger.send_extension(CHECKPOINT_EXTENSION, vec![2; 40]);
+            // The genuine checkpoint relayed, with view blocks altered.
+            let mut m = vec![1];
+            m.extend_from_slice(&signed.encode());
+            forger.send_extension(CHECKPOINT_EXTENSION, m);
+            let id = signed.checkpoint.signable();
+            let mut bad = blocks.clone();
+            if let Some(last) = bad.last_mut() {
+                last.push(0);
+            }
+            let mut m = vec![2];
+            m.extend_from_slice(&id);
+            m.extend_from_slice(&0u32.to_le_bytes());
+            m.extend_from_slice(&0u64.to_le_bytes());
+            m.extend_from_slice(&(bad.len() as u32).to_le_bytes());
+            for b in &bad {
+                m.extend_from_slice(&(b.len() as u32).to_le_bytes());
+                m.extend_from_slice(b);
+            }
+            forger.send_extension(CHECKPOINT_EXTENSION, m);
+        }
+    });
+}
+
 fn serve(base: &Autobase) {
     let base = base.clone();
     tokio::spawn(async move {
@@ -44,15 +99,26 @@ async fn a_late_joiner_fetches_the_checkpoint_from_peers() {
     serve(&a);
     serve(&b);
 
+    // A forger connected too, answering first with a bogus signature in
+    // a's name over the genuine checkpoint, and with altered blocks.
+    let e = mem(Some(a.key())).await;
+    let mut signed = a.sign_checkpoint().await.unwrap();
+    signed.merge(&b.sign_checkpoint().await.unwrap()).unwrap();
+    spawn_forger(&e, a.key(), signed, a.view_blocks("view").await.unwrap()).await;
+
     let (d, calls) = open(Arc::new(MemoryStorage::new()), Some(a.key())).await;
+    connect(&e, &d);
+    let asking = {
+        let d = d.clone();
+        tokio::spawn(async move { d.fast_forward_from_peers(Duration::from_secs(10)).await })
+    };
+    // The forgeries arrive first; then the honest indexers connect.
+    hypercore_rs::Clock::sleep(&hypercore_rs::ThreadClock, Duration::from_millis(150)).await;
     connect(&a, &d);
     connect(&b, &d);
     // Neither signature alone is a quorum for the checkpoint's two
     // indexers: d merges both answers.
-    assert!(d
-        .fast_forward_from_peers(Duration::from_secs(10))
-        .await
-        .unwrap());
+    assert!(asking.await.unwrap().unwrap());
     assert_eq!(calls.load(Ordering::Relaxed), 0);
     assert_eq!(d.indexed_length().await, history);
     assert_eq!(
@@ -83,43 +149,7 @@ async fn a_forged_answer_is_ignored_and_the_joiner_replays() {
     let mut signed = a.sign_checkpoint().await.unwrap();
     signed.merge(&b.sign_checkpoint().await.unwrap()).unwrap();
     let blocks = a.view_blocks("view").await.unwrap();
-    let core = e.store().get_by_key(a.key()).await.unwrap();
-    let mut rx = core.extension(CHECKPOINT_EXTENSION);
-    let forger = core.clone();
-    tokio::spawn(async move {
-        while let Some((_, msg)) = rx.next().await {
-            if msg.first() != Some(&0) {
-                continue;
-            }
-            // Altered after signing, and garbage.
-            let mut forged = signed.clone();
-            forged.checkpoint.rejected += 1;
-            let mut m = vec![1];
-            m.extend_from_slice(&forged.encode());
-            forger.send_extension(CHECKPOINT_EXTENSION, m);
-            forger.send_extension(CHECKPOINT_EXTENSION, vec![1, 2, 3]);
-            forger.send_extension(CHECKPOINT_EXTENSION, vec![2; 40]);
-            // The genuine checkpoint relayed, with view blocks altered.
-            let mut m = vec![1];
-            m.extend_from_slice(&signed.encode());
-            forger.send_extension(CHECKPOINT_EXTENSION, m);
-            let id = signed.checkpoint.signable();
-            let mut bad = blocks.clone();
-            if let Some(last) = bad.last_mut() {
-                last.push(0);
-            }
-            let mut m = vec![2];
-            m.extend_from_slice(&id);
-            m.extend_from_slice(&0u32.to_le_bytes());
-            m.extend_from_slice(&0u64.to_le_bytes());
-            m.extend_from_slice(&(bad.len() as u32).to_le_bytes());
-            for b in &bad {
-                m.extend_from_slice(&(b.len() as u32).to_le_bytes());
-                m.extend_from_slice(b);
-            }
-            forger.send_extension(CHECKPOINT_EXTENSION, m);
-        }
-    });
+    spawn_forger(&e, a.key(), signed, blocks).await;
 
     let (f, calls) = open(Arc::new(MemoryStorage::new()), Some(a.key())).await;
     connect(&e, &f);
@@ -136,4 +166,39 @@ async fn a_forged_answer_is_ignored_and_the_joiner_replays() {
         a.view_hash("view").await.unwrap()
     );
     assert!(calls.load(Ordering::Relaxed) > 0);
+}
+
+#[tokio::test]
+async fn a_non_indexer_relays_the_signatures_it_heard() {
+    let (a, b) = history(30).await;
+    let history = a.indexed_length().await;
+    serve(&a);
+    serve(&b);
+    // c is a plain replica: it serves only what it heard.
+    let c = mem(Some(a.key())).await;
+    connect(&a, &c);
+    connect(&b, &c);
+    settle(&[&a, &b, &c], || async { converged(&[&a, &b, &c]).await }).await;
+    serve(&c);
+    let (g, calls) = open(Arc::new(MemoryStorage::new()), Some(a.key())).await;
+    connect(&c, &g);
+    // Before c heard anything it stays silent.
+    assert!(!g
+        .fast_forward_from_peers(Duration::from_millis(300))
+        .await
+        .unwrap());
+    // One request on c's session makes a and b answer; c keeps the
+    // signatures over its own indexed state.
+    let core = c.store().get_by_key(a.key()).await.unwrap();
+    core.send_extension(CHECKPOINT_EXTENSION, vec![0]);
+    assert!(g
+        .fast_forward_from_peers(Duration::from_secs(10))
+        .await
+        .unwrap());
+    assert_eq!(calls.load(Ordering::Relaxed), 0);
+    assert_eq!(g.indexed_length().await, history);
+    assert_eq!(
+        g.view_hash("view").await.unwrap(),
+        a.view_hash("view").await.unwrap()
+    );
 }
