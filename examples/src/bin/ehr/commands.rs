@@ -306,16 +306,22 @@ async fn import(data: &Path, file: &Path) -> Result<(), CliError> {
     }
     let n = head["entry"].as_array().map_or(0, Vec::len);
     drop(head);
-    eprintln!(
-        "importing {n} entries from {} (all or nothing)...",
-        file.display()
-    );
+    // Progress for people watching; scripts and logs get only the result.
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if progress {
+        eprintln!(
+            "importing {n} entries from {} (all or nothing)...",
+            file.display()
+        );
+    }
     let t = Instant::now();
     let imp = r
         .import_bundle(&bytes)
         .await
         .map_err(|e| CliError::ehr(format!("cannot import {}", file.display()), e))?;
-    eprintln!("applied; making it durable...");
+    if progress {
+        eprintln!("applied; making it durable...");
+    }
     r.flush().await?;
     println!(
         "imported {} resources ({} deleted) from a {:?} bundle in {} ms",
@@ -551,7 +557,7 @@ pub(crate) fn describe(bytes: &[u8]) -> String {
     }
     if let Some(q) = v.get("valueQuantity") {
         // The number exactly as stored (e.g. `4.30`), not re-rounded.
-        let num = q.get("value").map(|n| n.to_string()).unwrap_or_default();
+        let num = raw_value_quantity(bytes).unwrap_or_default();
         parts.push(
             format!("= {num} {}", q["unit"].as_str().unwrap_or(""))
                 .trim()
@@ -570,6 +576,14 @@ pub(crate) fn describe(bytes: &[u8]) -> String {
         }
     }
     parts.join(" ")
+}
+
+/// The text of `valueQuantity.value` exactly as written.
+fn raw_value_quantity(bytes: &[u8]) -> Option<String> {
+    type Raw = std::collections::HashMap<String, Box<serde_json::value::RawValue>>;
+    let top: Raw = serde_json::from_slice(bytes).ok()?;
+    let q: Raw = serde_json::from_str(top.get("valueQuantity")?.get()).ok()?;
+    Some(q.get("value")?.get().to_owned())
 }
 
 fn clinical_date(bytes: &[u8]) -> String {
@@ -832,9 +846,21 @@ async fn grants_list(data: &Path, as_json: bool) -> Result<(), CliError> {
     let (_, r) = store::open_record(data).await?;
     r.update().await?;
     let mut all = Vec::new();
-    for (key, len) in r.base().heads().await {
+    // Every writer in the membership (revoked ones included) and every
+    // log seen, with its length.
+    let heads: std::collections::BTreeMap<[u8; 32], u64> =
+        r.base().heads().await.into_iter().collect();
+    let mut keys: std::collections::BTreeSet<[u8; 32]> = r
+        .base()
+        .writers()
+        .await
+        .into_iter()
+        .map(|w| w.key)
+        .collect();
+    keys.extend(heads.keys().copied());
+    for key in keys {
         let g = r.grant_of(&key).await?;
-        all.push((key, len, g));
+        all.push((key, heads.get(&key).copied().unwrap_or(0), g));
     }
     if as_json {
         let v: Vec<Value> = all
