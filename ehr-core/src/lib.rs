@@ -9,7 +9,10 @@
 //! - [`op`]: what writers append (versioned postcard).
 //! - [`consent`]: grants in SMART scope syntax.
 //! - [`apply`]: the deterministic record logic over a small key-value trait.
-//! - [`Record`]: the public API.
+//! - [`Record`]: the public API: a record is an autobase whose writers are
+//!   the patient's devices and granted providers; attachments live in
+//!   hyperdrives ([`Attachment`]); peers meet over swarm-rs on the record's
+//!   discovery key behind a firewall that follows the grants.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -50,6 +53,7 @@ pub mod fhir;
 mod json;
 pub mod op;
 mod record;
+mod sync;
 mod view;
 
 pub use attachment::{Attachment, ATTACHMENT_SCHEME};
@@ -60,3 +64,9 @@ pub use record::{
     Summary, SystemClock, Version, Written, VIEW_NAME,
 };
 pub use view::{hex, VIEW_FORMAT};
+
+/// Storage for records: hypercore-rs's storage trait and its in-memory and
+/// on-disk implementations.
+pub mod storage {
+    pub use hypercore_rs::{DiskStorage, MemoryStorage, Storage};
+}
