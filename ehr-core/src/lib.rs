@@ -48,8 +48,10 @@ pub mod consent;
 mod error;
 pub mod fhir;
 mod json;
+pub mod keys;
 pub mod op;
 mod record;
+pub mod scope_crypto;
 mod view;
 
 pub use attachment::{Attachment, ATTACHMENT_SCHEME};
