@@ -52,6 +52,7 @@ pub mod keys;
 pub mod op;
 mod record;
 pub mod scope_crypto;
+mod secure;
 mod view;
 
 pub use attachment::{Attachment, ATTACHMENT_SCHEME};
@@ -61,4 +62,5 @@ pub use record::{
     Clock, Cursor, Head, Imported, ManualClock, Page, Query, Record, RecordBuilder, RejectedWrite,
     Summary, SystemClock, Version, Written, VIEW_NAME,
 };
+pub use secure::{KeyWrap, Rotation, SecureRecord, KEYWRAP_SYSTEM, KEYWRAP_URL};
 pub use view::{hex, VIEW_FORMAT};

@@ -294,7 +294,7 @@ pub(crate) struct Inner {
     pub(crate) drive: AsyncMutex<Option<hyperdrive_rs::Drive>>,
     base: Autobase,
     clock: Arc<dyn Clock>,
-    entropy: Arc<dyn Entropy>,
+    pub(crate) entropy: Arc<dyn Entropy>,
     write: AsyncMutex<()>,
     genesis: std::sync::Mutex<Option<GenesisRec>>,
 }
