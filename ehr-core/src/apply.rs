@@ -234,7 +234,7 @@ async fn decide<K: Kv + ?Sized>(
 ) -> Result<Result<(), Rejection>, KvError> {
     let genesis: Option<GenesisRec> = get_rec(kv, view::GENESIS).await?;
     let genesis = match (genesis, &op.body) {
-        (None, OpBody::Genesis { patient }) => {
+        (None, OpBody::Genesis { patient, peer }) => {
             if !crate::fhir::valid_id(patient) {
                 return Ok(Err(invalid(FhirError::InvalidId(patient.clone()), None)));
             }
@@ -242,6 +242,7 @@ async fn decide<K: Kv + ?Sized>(
                 patient: patient.clone(),
                 owner: node.writer,
                 time: op.time,
+                peer: *peer,
             };
             kv.put(view::FORMAT, &[view::VIEW_FORMAT]).await?;
             kv.put(view::GENESIS, &encode(&g)).await?;

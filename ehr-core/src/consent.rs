@@ -138,6 +138,9 @@ pub struct Grant {
     pub categories: Vec<Coding>,
     /// Writes claimed at or after this time (ms since the epoch) are refused.
     pub expires: Option<u64>,
+    /// The grantee device's network identity (swarm public key), which the
+    /// record's firewall lets in while the grant is live.
+    pub peer: Option<[u8; 32]>,
 }
 
 /// A write, as the consent check sees it.
@@ -184,6 +187,7 @@ impl Grant {
             scopes: Vec::new(),
             categories: Vec::new(),
             expires: None,
+            peer: None,
         }
     }
 
@@ -197,7 +201,14 @@ impl Grant {
                 .collect::<Result<_, _>>()?,
             categories: Vec::new(),
             expires: None,
+            peer: None,
         })
+    }
+
+    /// Names the grantee device's network identity (for the firewall).
+    pub fn with_peer(mut self, identity: [u8; 32]) -> Grant {
+        self.peer = Some(identity);
+        self
     }
 
     /// Limits writes to resources with one of these categories.

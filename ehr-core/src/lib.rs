@@ -53,6 +53,7 @@ pub mod op;
 mod record;
 pub mod scope_crypto;
 mod secure;
+mod sync;
 mod view;
 
 pub use attachment::{Attachment, ATTACHMENT_SCHEME};

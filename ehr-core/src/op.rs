@@ -54,6 +54,8 @@ pub enum OpBody {
     Genesis {
         /// The record's patient id.
         patient: String,
+        /// The owner device's network identity (for the firewall).
+        peer: Option<[u8; 32]>,
     },
     /// Create or replace a resource.
     Put {

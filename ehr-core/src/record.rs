@@ -250,6 +250,7 @@ impl RecordBuilder {
         }
         let genesis = OpBody::Genesis {
             patient: patient_id.to_owned(),
+            peer: Some(record.identity().public_key().to_bytes()),
         };
         record.submit(genesis).await?;
         record
@@ -290,6 +291,8 @@ fn base_err(e: autobase_rs::Error) -> Error {
 
 pub(crate) struct Inner {
     pub(crate) store: Corestore,
+    /// Network identities the firewall lets in (see `sync`).
+    pub(crate) allowed: Arc<std::sync::RwLock<crate::sync::Allowed>>,
     /// This device's attachments drive, opened on first use.
     pub(crate) drive: AsyncMutex<Option<hyperdrive_rs::Drive>>,
     base: Autobase,
@@ -512,6 +515,7 @@ impl Record {
         Record {
             inner: Arc::new(Inner {
                 store,
+                allowed: Arc::default(),
                 drive: AsyncMutex::new(None),
                 base,
                 clock: b.clock,
@@ -540,7 +544,7 @@ impl Record {
         Ok(g)
     }
 
-    fn genesis(&self) -> Option<GenesisRec> {
+    pub(crate) fn genesis(&self) -> Option<GenesisRec> {
         self.inner.genesis.lock().ok().and_then(|g| g.clone())
     }
 
@@ -583,7 +587,7 @@ impl Record {
         Ok(view::hex(&b))
     }
 
-    async fn snapshot(&self) -> Result<Snapshot, Error> {
+    pub(crate) async fn snapshot(&self) -> Result<Snapshot, Error> {
         self.inner.base.view(VIEW_NAME).await.map_err(base_err)
     }
 
@@ -591,7 +595,7 @@ impl Record {
     pub async fn update(&self) -> Result<(), Error> {
         self.inner.base.update().await.map_err(base_err)?;
         self.load_genesis().await?;
-        Ok(())
+        self.refresh_firewall().await
     }
 
     /// Replicates the record over a framed duplex (a swarm channel, or an
@@ -655,6 +659,12 @@ impl Record {
         }
         self.inner.base.append(bytes).await.map_err(base_err)?;
         self.inner.base.flush().await.map_err(base_err)?;
+        if matches!(
+            op.body,
+            OpBody::Grant { .. } | OpBody::ChangeGrant { .. } | OpBody::Revoke { .. }
+        ) {
+            self.refresh_firewall().await?;
+        }
         // Refused in linear order after all (a concurrent change won)?
         let snap = self.snapshot().await?;
         if let Some(rec) = self
@@ -690,7 +700,7 @@ impl Record {
         }))
     }
 
-    async fn read_rec<T: for<'de> serde::Deserialize<'de>>(
+    pub(crate) async fn read_rec<T: for<'de> serde::Deserialize<'de>>(
         &self,
         snap: &Snapshot,
         key: &[u8],

@@ -26,6 +26,7 @@ pub(crate) const FORMAT: &[u8] = b"m/format";
 pub(crate) const GENESIS: &[u8] = b"m/genesis";
 pub(crate) const CLOCK: &[u8] = b"m/clock";
 pub(crate) const HEADS: &[u8] = b"r/";
+pub(crate) const WRITERS: &[u8] = b"w/";
 pub(crate) const REJECTED: &[u8] = b"j/";
 
 /// The index families.
@@ -61,6 +62,7 @@ pub(crate) struct GenesisRec {
     pub(crate) patient: String,
     pub(crate) owner: WriterKey,
     pub(crate) time: u64,
+    pub(crate) peer: Option<[u8; 32]>,
 }
 
 /// A writer's grant and whether it was revoked.

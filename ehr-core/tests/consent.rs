@@ -242,7 +242,7 @@ proptest! {
             .map(|(i, s)| Step { time: i as u64 * 20 + s.time % 60, ..s })
             .collect();
         block_on(async {
-            let genesis = Op::new(0, OpBody::Genesis { patient: "p".into() }).encode();
+            let genesis = Op::new(0, OpBody::Genesis { patient: "p".into(), peer: None }).encode();
             let mut nodes = vec![(key(OWNER), 0u64, genesis)];
             let mut seqs = [1u64, 0, 0, 0];
             for s in &steps {

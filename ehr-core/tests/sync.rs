@@ -289,3 +289,108 @@ impl ReplaceLast for &[u8] {
         String::from_utf8_lossy(self).replace(from, to).into_bytes()
     }
 }
+
+/// Connects two records until the returned guard is dropped (a partition).
+fn link(a: &Record, b: &Record) -> Vec<tokio::task::JoinHandle<()>> {
+    let (x, y) = hypercore_rs::replication::duplex();
+    let (a, b) = (a.clone(), b.clone());
+    vec![
+        tokio::spawn(async move {
+            let _ = a.replicate(x, true).await;
+        }),
+        tokio::spawn(async move {
+            let _ = b.replicate(y, false).await;
+        }),
+    ]
+}
+
+#[tokio::test]
+async fn offline_writes_partitions_and_a_restart_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = || Arc::new(hypercore_rs::DiskStorage::open(dir.path()).unwrap());
+    let patient = Record::builder(disk()).create("p").await.unwrap();
+    let doctor = peer(Some(patient.key())).await;
+    let lab = peer(Some(patient.key())).await;
+    let mut links = link(&patient, &doctor);
+    links.extend(link(&patient, &lab));
+    patient
+        .grant(
+            doctor.writer_key(),
+            Grant::new(Role::Practitioner, &["patient/*.cruds"]).unwrap(),
+        )
+        .await
+        .unwrap();
+    patient
+        .grant(
+            lab.writer_key(),
+            Grant::new(Role::Lab, &["patient/Observation.c"]).unwrap(),
+        )
+        .await
+        .unwrap();
+    settle(&[&patient, &doctor, &lab], || async {
+        doctor.writable().await && lab.writable().await
+    })
+    .await;
+
+    // Partition: everyone writes offline.
+    for l in links.drain(..) {
+        l.abort();
+        let _ = l.await;
+    }
+    for i in 0..5 {
+        patient
+            .put(lab_obs(&format!("pt{i}"), "vital-signs"))
+            .await
+            .unwrap();
+        doctor
+            .put(lab_obs(&format!("dr{i}"), "laboratory"))
+            .await
+            .unwrap();
+        lab.put(lab_obs(&format!("lb{i}"), "laboratory"))
+            .await
+            .unwrap();
+    }
+    // The patient's device restarts while partitioned.
+    drop(patient);
+    let patient = Record::builder(disk()).open().await.unwrap();
+    assert_eq!(
+        patient
+            .get("Observation", "pt4")
+            .await
+            .unwrap()
+            .map(|v| v.version),
+        Some(1)
+    );
+
+    // Heal: doctor and lab meet first, then the patient joins them.
+    links.extend(link(&doctor, &lab));
+    settle(&[&doctor, &lab], || async {
+        converged(&[&doctor, &lab]).await
+    })
+    .await;
+    links.extend(link(&patient, &doctor));
+    let all = [&patient, &doctor, &lab];
+    settle(&all, || async {
+        converged(&all).await
+            && patient.get("Observation", "lb4").await.unwrap().is_some()
+            && lab.get("Observation", "pt4").await.unwrap().is_some()
+    })
+    .await;
+    for p in all {
+        for who in ["pt", "dr", "lb"] {
+            for i in 0..5 {
+                assert!(
+                    p.get("Observation", &format!("{who}{i}"))
+                        .await
+                        .unwrap()
+                        .is_some(),
+                    "{who}{i} lost"
+                );
+            }
+        }
+        assert!(p.rejected().await.unwrap().is_empty());
+    }
+    for l in links {
+        l.abort();
+    }
+}
