@@ -47,6 +47,7 @@ mod attachment;
 pub mod consent;
 mod error;
 pub mod fhir;
+pub mod invite;
 mod json;
 pub mod keys;
 pub mod op;
@@ -59,6 +60,7 @@ mod view;
 pub use attachment::{Attachment, ATTACHMENT_SCHEME};
 pub use consent::{Grant, Role, Scope};
 pub use error::Error;
+pub use invite::{Invite, InviteError, Redemption};
 pub use record::{
     Clock, Cursor, Head, Imported, ManualClock, Page, Query, Record, RecordBuilder, RejectedWrite,
     Summary, SystemClock, Version, Written, VIEW_NAME,
