@@ -9,7 +9,10 @@
 //! - [`op`]: what writers append (versioned postcard).
 //! - [`consent`]: grants in SMART scope syntax.
 //! - [`apply`]: the deterministic record logic over a small key-value trait.
-//! - [`Record`]: the public API.
+//! - [`Record`]: the public API: a record is an autobase whose writers are
+//!   the patient's devices and granted providers; attachments live in
+//!   hyperdrives ([`Attachment`]); peers meet over swarm-rs on the record's
+//!   discovery key behind a firewall that follows the grants.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -67,3 +70,9 @@ pub use record::{
 };
 pub use secure::{KeyWrap, Rotation, SecureRecord, KEYWRAP_SYSTEM, KEYWRAP_URL};
 pub use view::{hex, VIEW_FORMAT};
+
+/// Storage for records: hypercore-rs's storage trait and its in-memory and
+/// on-disk implementations.
+pub mod storage {
+    pub use hypercore_rs::{DiskStorage, MemoryStorage, Storage};
+}

@@ -386,9 +386,10 @@ pub struct Query {
     pub from: Option<i64>,
     /// Clinical date before this (ms since the epoch).
     pub to: Option<i64>,
-    /// A `system|code` token.
+    /// A `system|code` token (`|code` for no system); a bare `code`
+    /// matches any system but cannot use the code index (a scan).
     pub code: Option<String>,
-    /// A category `system|code` token.
+    /// A category token, read like `code`.
     pub category: Option<String>,
     /// The writer that wrote the latest version.
     pub author: Option<WriterKey>,
@@ -502,7 +503,21 @@ fn corrupt(what: &[u8]) -> Error {
 }
 
 impl Record {
-    /// How to create or open a record on `storage`.
+    /// A builder on fresh in-memory storage (tests, simulations).
+    pub fn in_memory() -> RecordBuilder {
+        Record::builder(Arc::new(hypercore_rs::MemoryStorage::new()))
+    }
+
+    /// A builder on on-disk storage in `dir` (created if missing; one
+    /// process at a time).
+    pub fn on_disk(dir: impl AsRef<std::path::Path>) -> Result<RecordBuilder, Error> {
+        let storage = hypercore_rs::DiskStorage::open(dir.as_ref())
+            .map_err(|e| Error::Storage(e.to_string()))?;
+        Ok(Record::builder(Arc::new(storage)))
+    }
+
+    /// How to create or open a record on any [`Storage`] (hypercore-rs's
+    /// storage trait: in-memory, on-disk, or the application's own).
     pub fn builder(storage: Arc<dyn Storage>) -> RecordBuilder {
         RecordBuilder {
             storage,
@@ -891,11 +906,14 @@ impl Record {
         };
         let ty = q.resource_type.as_str();
         let author = q.author.map(|a| view::hex(&a));
-        // The most selective index drives the scan; the others filter.
-        let (index, value) = if let Some(c) = &q.code {
-            (Index::Code, Some(c.as_str()))
-        } else if let Some(c) = &q.category {
-            (Index::Category, Some(c.as_str()))
+        // The most selective index drives the scan; the others filter. A
+        // bare code (no `|`) matches any system, so it can only filter.
+        let code = q.code.as_deref().filter(|t| t.contains('|'));
+        let category = q.category.as_deref().filter(|t| t.contains('|'));
+        let (index, value) = if let Some(c) = code {
+            (Index::Code, Some(c))
+        } else if let Some(c) = category {
+            (Index::Category, Some(c))
         } else if let Some(e) = &q.encounter {
             (Index::Encounter, Some(e.as_str()))
         } else if let Some(a) = &author {
@@ -943,10 +961,10 @@ impl Record {
                 .ok_or_else(|| corrupt(b"index entry without a head"))?;
             if needs_filter {
                 let f = &h.fields;
-                if q.code.as_ref().is_some_and(|c| !f.codes.contains(c))
+                if q.code.as_ref().is_some_and(|c| !token_in(c, &f.codes))
                     || q.category
                         .as_ref()
-                        .is_some_and(|c| !f.categories.contains(c))
+                        .is_some_and(|c| !token_in(c, &f.categories))
                     || q.encounter
                         .as_ref()
                         .is_some_and(|e| f.encounter.as_ref() != Some(e))
@@ -1199,6 +1217,17 @@ impl Record {
     pub async fn flush(&self) -> Result<(), Error> {
         self.inner.base.flush().await.map_err(base_err)
     }
+}
+
+/// Whether a search token matches one of the stored `system|code` tokens:
+/// exactly, or by code alone when the query has no `|`.
+fn token_in(query: &str, stored: &[String]) -> bool {
+    if query.contains('|') {
+        return stored.iter().any(|t| t == query);
+    }
+    stored
+        .iter()
+        .any(|t| t.rsplit_once('|').is_some_and(|(_, code)| code == query))
 }
 
 fn version_of(ty: &str, id: &str, version: u64, rec: VersionRec) -> Version {

@@ -151,3 +151,74 @@ fn bundles_are_atomic() {
         assert_eq!(done.written.len(), 1);
     });
 }
+
+mod hostile {
+    use ehr_core::apply::{apply_node, NoMembership, Node};
+    use ehr_core::fhir::Resource;
+    use ehr_core::op::{Op, OpBody};
+    use futures::executor::block_on;
+    use hyperbee_rs::Bee;
+    use hypercore_rs::{Core, MemoryStorage};
+    use proptest::prelude::*;
+    use std::sync::Arc;
+
+    const SAMPLE: &[u8] = br#"{"resourceType":"Bundle","type":"transaction","entry":[{"fullUrl":"urn:uuid:a","resource":{"resourceType":"Observation","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"1-1"}]},"subject":{"reference":"Patient/p"},"effectivePeriod":{"start":"2020-01-01T00:00:00Z"},"valueQuantity":{"value":4.30}},"request":{"method":"POST","url":"Observation"}},{"resource":{"resourceType":"Condition","id":"c","subject":{"reference":"urn:uuid:a"}},"request":{"method":"PUT","url":"Condition/c"}}]}"#;
+
+    fn mutate(base: &[u8], edits: &[(usize, u8)], cut: usize) -> Vec<u8> {
+        let mut b = base.to_vec();
+        for &(i, v) in edits {
+            if !b.is_empty() {
+                let n = b.len();
+                b[i % n] = v;
+            }
+        }
+        b.truncate(b.len().saturating_sub(cut % 8));
+        b
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Mutated resources and Bundles are typed errors or valid, never a
+        /// panic; when a mutated resource parses, its bytes are kept as given.
+        #[test]
+        fn mutated_input_never_panics(
+            edits in prop::collection::vec((any::<usize>(), any::<u8>()), 0..6),
+            cut in any::<usize>(),
+        ) {
+            let b = mutate(SAMPLE, &edits, cut);
+            if let Ok(r) = Resource::parse(b.clone()) {
+                prop_assert_eq!(r.bytes(), &b[..]);
+            }
+            block_on(async {
+                let rec = ehr_core::Record::builder(Arc::new(MemoryStorage::new()))
+                    .create("p")
+                    .await
+                    .unwrap();
+                let _ = rec.import_bundle(&b).await;
+                let _ = rec.put(b.clone()).await;
+            });
+        }
+
+        /// Any bytes as an op are applied without panicking; garbage is
+        /// recorded as malformed.
+        #[test]
+        fn hostile_ops_never_panic(
+            ops in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..80), 1..8),
+        ) {
+            block_on(async {
+                let core = Core::builder(Arc::new(MemoryStorage::new())).open().await.unwrap();
+                let bee = Bee::open(core).await.unwrap();
+                let genesis = Op::new(0, OpBody::Genesis { patient: "p".into(), peer: None }).encode();
+                let mut all = vec![genesis];
+                all.extend(ops);
+                for (seq, v) in all.iter().enumerate() {
+                    let mut batch = bee.batch().await.unwrap();
+                    let node = Node { writer: [1; 32], seq: seq as u64, index: 0, value: v };
+                    apply_node(&mut batch, &mut NoMembership, node).await.unwrap();
+                    batch.flush().await.unwrap();
+                }
+            });
+        }
+    }
+}

@@ -203,6 +203,19 @@ proptest! {
                     }
                 }
             }
+            // A bare code matches whatever the system (a filtered scan).
+            for code in 0u8..3 {
+                let bare = rec
+                    .search(&Query::new("Observation").code(&code.to_string()).limit(1000))
+                    .await
+                    .unwrap();
+                prop_assert_eq!(bare.entries.len(), model.values().filter(|v| v.0 == code).count());
+            }
+            let bare_cat = rec
+                .search(&Query::new("Observation").category("vital-signs").limit(1000))
+                .await
+                .unwrap();
+            prop_assert_eq!(bare_cat.entries.len(), model.values().filter(|v| v.1 == 1).count());
             // By encounter (the category's) alone, and by author.
             let enc = rec.search(&Query::new("Observation").encounter("e-laboratory").limit(1000)).await.unwrap();
             prop_assert_eq!(enc.entries.len(), model.values().filter(|v| v.1 == 0).count());

@@ -1,10 +1,12 @@
 //! ehr-core figures with CPU time as well as wall time (the machine is
 //! shared, so wall time alone says little): import of a 500-entry
 //! transaction Bundle, and the first page of a code + date search on a
-//! 100,000-resource record.
+//! 100,000-resource record, and a new provider's first full sync of a
+//! 10,000-resource record over TCP loopback + Noise.
 //!
-//! `cargo run --release -p ehr-benches --bin ehr-figures`
-//! (EHR_IMPORT_ROUNDS, EHR_SEARCH_RESOURCES, EHR_SEARCH_QUERIES override the counts).
+//! `cargo run --release -p ehr-benches --bin ehr-figures -- [import] [search] [sync]`
+//! (EHR_IMPORT_ROUNDS, EHR_SEARCH_RESOURCES, EHR_SEARCH_QUERIES,
+//! EHR_SYNC_RESOURCES override the counts).
 
 use ehr_benches::ehr::transaction;
 use ehr_benches::env_usize;
@@ -38,7 +40,103 @@ fn record(storage: Arc<dyn Storage>) -> Record {
     }
 }
 
+/// Peak resident memory of this process, in MiB (Linux `/proc`).
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+struct YieldNow(bool);
+
+impl std::future::Future for YieldNow {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let want = |g: &str| args.is_empty() || args.iter().any(|a| a == g);
+    if want("import") {
+        import();
+    }
+    if want("search") {
+        search();
+    }
+    if want("sync") {
+        sync();
+    }
+}
+
+fn sync() {
+    let n = env_usize("EHR_SYNC_RESOURCES", 10_000);
+    let patient = record(Arc::new(MemoryStorage::new()));
+    for salt in 0..n / 500 {
+        if let Err(e) = block_on(patient.import_bundle(&transaction(500, salt, false))) {
+            panic!("fill: {e}");
+        }
+    }
+    let rss_before = peak_rss_mib();
+    let doctor = match block_on(Record::in_memory().join(patient.key())) {
+        Ok(r) => r,
+        Err(e) => panic!("join: {e}"),
+    };
+    let (t, c) = (Instant::now(), cpu_secs());
+    block_on(async {
+        let (a, b) = match ehr_benches::tcp::secure_pair().await {
+            Ok(p) => p,
+            Err(e) => panic!("tcp: {e}"),
+        };
+        let sessions = futures::future::join(
+            patient.replicate(ehr_benches::tcp::frames(a), true),
+            doctor.replicate(ehr_benches::tcp::frames(b), false),
+        );
+        let want = match patient.base().view_tip_hash(ehr_core::VIEW_NAME).await {
+            Ok(h) => h,
+            Err(e) => panic!("hash: {e}"),
+        };
+        let synced = async {
+            loop {
+                if let Err(e) = doctor.update().await {
+                    panic!("update: {e}");
+                }
+                if doctor.base().view_tip_hash(ehr_core::VIEW_NAME).await.ok() == Some(want) {
+                    break;
+                }
+                YieldNow(false).await;
+            }
+        };
+        futures::pin_mut!(sessions, synced);
+        if let futures::future::Either::Right(_) = futures::future::select(synced, sessions).await {
+            panic!("replication ended before the doctor synced");
+        }
+    });
+    let secs = t.elapsed().as_secs_f64();
+    let count = block_on(doctor.search(&Query::new("Observation").limit(1000)))
+        .map(|p| p.entries.len())
+        .unwrap_or(0);
+    assert_eq!(count, 1000.min(n));
+    println!(
+        "{{\"figure\":\"ehr.first_sync.tcp_loopback\",\"resources\":{n},\"wall_s\":{secs:.2},\"cpu_s\":{:.2},\"peak_rss_mib_before\":{rss_before:.0},\"peak_rss_mib_after\":{:.0}}}",
+        cpu_secs() - c,
+        peak_rss_mib()
+    );
+}
+
+fn import() {
     let rounds = env_usize("EHR_IMPORT_ROUNDS", 20);
     let bundle = transaction(499, 0, true);
     for disk in [false, true] {
@@ -68,7 +166,9 @@ fn main() {
             n / cpu.max(0.01)
         );
     }
+}
 
+fn search() {
     let n = env_usize("EHR_SEARCH_RESOURCES", 100_000);
     let rec = record(Arc::new(MemoryStorage::new()));
     let (t, c) = (Instant::now(), cpu_secs());
