@@ -90,15 +90,14 @@ fn patient(root: &Path) -> (std::path::PathBuf, String) {
     (p, key)
 }
 
-fn provider(root: &Path, name: &str, key: &str) -> (std::path::PathBuf, String) {
+/// A provider that joined `key`: its folder, writer key and identity.
+fn provider(root: &Path, name: &str, key: &str) -> (std::path::PathBuf, String, String) {
     let d = root.join(name);
     ok(&d, &["init", "--provider", name]);
     ok(&d, &["join", key]);
-    let wk = json(&d, &["whoami", "--json"])["writer_key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    (d, wk)
+    let who = json(&d, &["whoami", "--json"]);
+    let s = |k: &str| who[k].as_str().unwrap().to_owned();
+    (d, s("writer_key"), s("identity"))
 }
 
 const CONDITION: &str = r#"{"resourceType":"Condition","id":"htn","subject":{"reference":"Patient/alice"},"code":{"text":"Hypertension"},"onsetDateTime":"2025-02-11","note":[{"text":"BP 150/95, 4.30 ratio"}]}"#;
@@ -107,7 +106,8 @@ const CONDITION: &str = r#"{"resourceType":"Condition","id":"htn","subject":{"re
 fn grant_join_write_sync_revoke_across_processes() {
     let root = tempfile::tempdir().unwrap();
     let (p, key) = patient(root.path());
-    let (d, dk) = provider(root.path(), "doctor", &key);
+    let (d, dk, di) = provider(root.path(), "doctor", &key);
+    let (x, _, _) = provider(root.path(), "stranger", &key);
 
     // Before any grant or sync the doctor's write is refused, nothing written.
     let cond = root.path().join("cond.json");
@@ -126,6 +126,8 @@ fn grant_join_write_sync_revoke_across_processes() {
             "patient/*.cruds",
             "--expiry",
             "30d",
+            "--identity",
+            &di,
         ],
     );
     let grants = json(&p, &["grants", "list", "--json"]);
@@ -137,6 +139,9 @@ fn grant_join_write_sync_revoke_across_processes() {
 
     {
         let (_sync, addr) = listen(&p);
+        // The firewall: an identity no grant names gets nothing.
+        let _ = ehr(&x, &["sync", "--peer", &addr, "--once", "--timeout", "3"]);
+        assert_eq!(json(&x, &["whoami", "--json"])["patient"], "");
         let out = ok(&d, &["sync", "--peer", &addr, "--once", "--timeout", "20"]);
         assert!(out.contains("caught up"), "{out}");
         // The doctor now holds the imported record and its grant.
@@ -163,19 +168,25 @@ fn grant_join_write_sync_revoke_across_processes() {
         .unwrap();
     assert_eq!(htn["author"], dk.as_str());
 
-    // Revoke, sync: the doctor's next write is refused locally.
+    // Revoke: the patient's firewall no longer lets the doctor in, so
+    // whatever the doctor writes from now on never reaches the patient.
     ok(&p, &["grants", "revoke", &dk]);
+    let late = root.path().join("late.json");
+    std::fs::write(&late, CONDITION.replace("htn", "late")).unwrap();
+    let _ = ehr(&d, &["put", late.to_str().unwrap()]);
     {
         let (_sync, addr) = listen(&p);
-        ok(&d, &["sync", "--peer", &addr, "--once", "--timeout", "20"]);
+        let _ = ehr(&d, &["sync", "--peer", &addr, "--once", "--timeout", "3"]);
     }
-    let who = json(&d, &["whoami", "--json"]);
-    assert_eq!(who["writable"], false);
-    assert_eq!(who["grant"]["revoked"], true);
-    let before = ok(&d, &["export"]);
-    let e = fails(&d, &["put", cond.to_str().unwrap()]);
-    assert!(e.contains("revoked") || e.contains("grant"), "{e}");
-    assert_eq!(ok(&d, &["export"]), before, "nothing written");
+    fails(&p, &["get", "Condition", "late"]);
+    let g = json(&p, &["grants", "list", "--json"]);
+    let doc = g
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["writer"] == dk.as_str())
+        .unwrap();
+    assert_eq!(doc["grant"]["revoked"], true);
     let list = ok(&p, &["grants", "list"]);
     assert!(list.contains("revoked"), "{list}");
 }

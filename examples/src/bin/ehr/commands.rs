@@ -50,7 +50,9 @@ async fn dispatch(cmd: Command, data: &Path, sp: LocalSpawner) -> Result<(), Cli
         Command::Grants(GrantsCmd::List(j)) => grants_list(data, j.json).await,
         Command::Grants(GrantsCmd::Add(a)) => grants_add(data, a).await,
         Command::Grants(GrantsCmd::Revoke { key }) => revoke(data, &key).await,
-        Command::Mirror(MirrorCmd::Add { key }) => mirror_add(data, &key).await,
+        Command::Mirror(MirrorCmd::Add { key, identity }) => {
+            mirror_add(data, &key, identity.as_deref()).await
+        }
         Command::Rejected(j) => rejected(data, j.json).await,
         Command::Sync(a) => sync(data, a, &sp).await,
         Command::Demo(a) => crate::demo::run(a, &sp).await,
@@ -168,7 +170,11 @@ async fn join(data: &Path, key: &str) -> Result<(), CliError> {
     )?;
     println!("joined record {}", hex(&record_key));
     println!("writer key: {}", hex(&rec.writer_key()));
-    println!("send the writer key to the patient (`ehr grants add KEY ...`), then `ehr sync --peer HOST:PORT`");
+    println!(
+        "identity:   {}",
+        hex(rec.identity().public_key().as_bytes())
+    );
+    println!("send both to the patient (`ehr grants add WRITER --identity ID ...`), then `ehr sync --peer HOST:PORT`");
     Ok(())
 }
 
@@ -217,6 +223,7 @@ async fn whoami(data: &Path, as_json: bool) -> Result<(), CliError> {
         v["record_key"] = json!(hex(&r.key()));
         v["patient"] = json!(r.patient_id());
         v["writer_key"] = json!(hex(&r.writer_key()));
+        v["identity"] = json!(hex(r.identity().public_key().as_bytes()));
         v["writable"] = json!(r.writable().await);
         v["grant"] = match r.grant_of(&r.writer_key()).await? {
             Some((g, revoked)) => grant_json(&g, revoked),
@@ -234,6 +241,7 @@ async fn whoami(data: &Path, as_json: bool) -> Result<(), CliError> {
         println!("record key  {}", s("record_key"));
         println!("patient     {}", s("patient"));
         println!("writer key  {}", s("writer_key"));
+        println!("identity    {}", s("identity"));
         let g = &v["grant"];
         let grant = if g.is_null() {
             "none yet (the patient grants it with `ehr grants add`)".to_owned()
@@ -987,6 +995,9 @@ async fn grants_add(data: &Path, a: crate::GrantAddArgs) -> Result<(), CliError>
             .collect();
         grant = grant.with_categories(cats);
     }
+    if let Some(i) = &a.identity {
+        grant = grant.with_peer(writer_arg(i)?);
+    }
     if let Some(e) = &a.expiry {
         let at = parse_expiry(e, now_ms())?;
         if at <= now_ms() {
@@ -1058,12 +1069,16 @@ async fn revoke(data: &Path, key: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn mirror_add(data: &Path, key: &str) -> Result<(), CliError> {
+async fn mirror_add(data: &Path, key: &str, identity: Option<&str>) -> Result<(), CliError> {
     let key = writer_arg(key)?;
+    let identity = identity.map(writer_arg).transpose()?;
     let (id, r) = store::open_record(data).await?;
     patient_only(&id, "add a mirror")?;
     r.update().await?;
-    let g = Grant::new(Role::Mirror, &[]).map_err(|e| CliError::Other(e.to_string()))?;
+    let mut g = Grant::new(Role::Mirror, &[]).map_err(|e| CliError::Other(e.to_string()))?;
+    if let Some(i) = identity {
+        g = g.with_peer(i);
+    }
     r.grant(key, g)
         .await
         .map_err(|e| CliError::ehr("cannot add the mirror", e))?;

@@ -152,7 +152,7 @@ async fn connect(
         patient.clone(),
         accepted.clone(),
         sp.clone(),
-        false,
+        std::env::var_os("EHR_DEBUG").is_some(),
     ))
     .map_err(|e| CliError::Other(e.to_string()))?;
     let mut dialed = Sessions::default();
@@ -247,7 +247,8 @@ pub(crate) async fn run(a: crate::DemoArgs, sp: &LocalSpawner) -> Result<(), Cli
             doctor.writer_key(),
             Grant::new(Role::Practitioner, &["patient/*.cruds"])
                 .map_err(scope)?
-                .with_expiry(year),
+                .with_expiry(year)
+                .with_peer(doctor.identity().public_key().to_bytes()),
         )
         .await
         .map_err(oops("grant"))?;
@@ -263,7 +264,8 @@ pub(crate) async fn run(a: crate::DemoArgs, sp: &LocalSpawner) -> Result<(), Cli
                 ],
             )
             .map_err(scope)?
-            .with_expiry(year),
+            .with_expiry(year)
+            .with_peer(lab.identity().public_key().to_bytes()),
         )
         .await
         .map_err(oops("grant"))?;

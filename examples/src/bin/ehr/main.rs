@@ -204,6 +204,10 @@ pub(crate) struct GrantAddArgs {
     /// Only these categories (`system|code` or `code`), comma separated.
     #[arg(long, value_delimiter = ',')]
     pub(crate) categories: Vec<String>,
+    /// The provider's network identity (hex, from `ehr whoami`), so its
+    /// device may connect to this one's `ehr sync --listen`.
+    #[arg(long)]
+    pub(crate) identity: Option<String>,
     /// Expiry: a FHIR date/dateTime (e.g. 2027-01-01) or a duration such as `30d`, `12h`.
     #[arg(long)]
     pub(crate) expiry: Option<String>,
@@ -215,6 +219,9 @@ pub(crate) enum MirrorCmd {
     Add {
         /// The mirror's writer key (hex, from `ehr join` on the mirror).
         key: String,
+        /// The mirror's network identity (hex, from `ehr whoami` on the mirror).
+        #[arg(long)]
+        identity: Option<String>,
     },
 }
 

@@ -28,7 +28,9 @@ pub(crate) async fn replicate_tcp(
     initiator: bool,
 ) -> Result<(), String> {
     let _ = tcp.set_nodelay(true);
-    let keypair = KeyPair::generate(&mut OsEntropy).map_err(|e| e.to_string())?;
+    // This device's stable network identity (derived from its storage):
+    // what grants name and firewalls check.
+    let keypair = record.identity();
     let role = if initiator {
         Role::Initiator
     } else {
@@ -44,6 +46,22 @@ pub(crate) async fn replicate_tcp(
     )
     .await
     .map_err(|e| e.to_string())?;
+    // Firewall: whoever dials in must be named by the record (the owner,
+    // or a live grant's identity). The dialer chose its peer's address
+    // itself and the record's rules still check every write.
+    if !initiator {
+        let remote = secure
+            .remote_public_key()
+            .map(|k| k.to_bytes())
+            .unwrap_or_default();
+        record.update().await.map_err(|e| e.to_string())?;
+        if !record.allows_peer(&remote) {
+            return Err(format!(
+                "refused {}: no grant names this identity (`ehr grants add WRITER --identity ID`)",
+                ehr_examples::hex(&remote)
+            ));
+        }
+    }
     let io = secure
         .sink_map_err(to_io)
         .map(|r: Result<Vec<u8>, swarm_rs::StreamError>| r.map_err(to_io));
