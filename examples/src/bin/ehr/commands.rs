@@ -123,7 +123,7 @@ async fn init(
         store::save_identity(data, &Identity::Patient { patient: p.clone() })?;
         println!("created the record of patient {p} in {}", data.display());
         println!("record key: {}", hex(&record.key()));
-        println!("share the record key with providers; they run `ehr join KEY` and send you their writer key");
+        println!("share the record key with providers; they run `ehr join KEY` and send you their writer key and identity");
     } else {
         let name = provider.unwrap_or_default();
         store::save_identity(
