@@ -595,10 +595,13 @@ impl Record {
         &self.inner.base
     }
 
-    /// A new random resource id (32 hex characters).
+    /// A new resource id: 32 hex characters, the clock's milliseconds
+    /// first, then 80 random bits. Ids made together sort together, so the
+    /// resources of one import land in few B-tree leaves.
     fn new_id(&self) -> Result<String, Error> {
         let mut b = [0u8; 16];
-        self.inner.entropy.fill(&mut b)?;
+        b[..6].copy_from_slice(&self.inner.clock.now_ms().to_be_bytes()[2..]);
+        self.inner.entropy.fill(&mut b[6..])?;
         Ok(view::hex(&b))
     }
 
@@ -791,6 +794,12 @@ impl Record {
             resource_type: resource.resource_type().to_owned(),
             id: resource.id().ok_or(FhirError::MissingId)?.to_owned(),
         };
+        // The same check `apply` makes, so an owner's write (appended
+        // without a dry run) can never be refused after it is logged.
+        match self.load_genesis().await? {
+            Some(g) => resource.check_patient(&g.patient)?,
+            None => return Err(crate::apply::Rejection::NoGenesis.into()),
+        }
         self.submit(OpBody::Put {
             resource: resource.into_bytes(),
             expect,

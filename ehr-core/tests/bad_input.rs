@@ -75,6 +75,17 @@ fn bad_resources_are_typed_errors() {
             let oo: serde_json::Value = serde_json::from_str(&e.to_operation_outcome()).unwrap();
             assert_eq!(oo["resourceType"], "OperationOutcome");
         }
+        // The lower-level write checks the patient too.
+        let other =
+            ehr_core::fhir::Resource::parse(br#"{"resourceType":"Patient","id":"q"}"#.to_vec())
+                .unwrap();
+        let e = unchanged(&rec, rec.put_expecting(other, ehr_core::op::Expect::Any))
+            .await
+            .expect_err("other patient");
+        assert!(
+            matches!(e, Error::Resource(FhirError::OtherPatient { .. })),
+            "{e:?}"
+        );
         let e = unchanged(&rec, rec.delete("Observation", "nope"))
             .await
             .expect_err("missing");

@@ -394,3 +394,67 @@ async fn offline_writes_partitions_and_a_restart_lose_nothing() {
         l.abort();
     }
 }
+
+#[tokio::test]
+async fn a_second_owner_device_can_grant_and_revoke() {
+    let laptop = peer(None).await;
+    let phone = peer(Some(laptop.key())).await;
+    let doctor = peer(Some(laptop.key())).await;
+    let all = [&laptop, &phone, &doctor];
+    connect(&laptop, &phone);
+    connect(&phone, &doctor);
+    connect(&laptop, &doctor);
+    laptop
+        .grant(phone.writer_key(), Grant::owner())
+        .await
+        .unwrap();
+    settle(&all, || async {
+        phone.writable().await && phone.patient_id() == "p"
+    })
+    .await;
+    // The phone (an owner too) grants the doctor; the doctor writes.
+    phone
+        .grant(
+            doctor.writer_key(),
+            Grant::new(Role::Practitioner, &["patient/Condition.c"]).unwrap(),
+        )
+        .await
+        .unwrap();
+    settle(&all, || async { doctor.writable().await }).await;
+    doctor.put(CONDITION.to_vec()).await.unwrap();
+    // A practitioner cannot grant.
+    let e = doctor
+        .grant([9; 32], Grant::new(Role::Lab, &["patient/*.c"]).unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        e,
+        Error::Rejected(Rejection::Denied {
+            denied: Denied::NotOwner,
+            ..
+        })
+    ));
+    // Nor can the phone revoke the record's first owner.
+    let e = phone.revoke(laptop.writer_key()).await.unwrap_err();
+    assert!(
+        matches!(e, Error::Rejected(Rejection::Membership(_))),
+        "{e:?}"
+    );
+    settle(&all, || async {
+        converged(&all).await && laptop.get("Condition", "flu").await.unwrap().is_some()
+    })
+    .await;
+    // The phone revokes the doctor; everyone sees it.
+    phone.revoke(doctor.writer_key()).await.unwrap();
+    settle(&all, || async {
+        !doctor.writable().await && converged(&all).await
+    })
+    .await;
+    let writers = laptop.base().writers().await;
+    assert!(writers
+        .iter()
+        .any(|w| w.key == phone.writer_key() && w.indexer && !w.removed));
+    assert!(writers
+        .iter()
+        .any(|w| w.key == doctor.writer_key() && w.removed));
+}
