@@ -32,6 +32,7 @@
 //! partitioned from each other can both accept it; each marks it used, and
 //! the later grant is visible in the record.
 
+use crate::audit::AuditAction;
 use crate::consent::{Grant, Role};
 use crate::error::Error;
 use crate::keys::{b64_decode, b64_encode, random, IdentityPublic};
@@ -393,6 +394,13 @@ impl SecureRecord {
             mac_key: invite.mac_key(),
         };
         self.store_invite(&state).await?;
+        self.audit(
+            AuditAction::InviteCreated,
+            true,
+            &crate::view::hex(&id),
+            &format!("expires {}", crate::fhir::format_instant(expires)),
+        )
+        .await?;
         Ok(invite)
     }
 
@@ -453,7 +461,14 @@ impl SecureRecord {
             .await?
             .ok_or_else(|| Error::NotFound(invite_resource_id(id)))?;
         state.status = InviteStatus::Cancelled;
-        self.store_invite(&state).await
+        self.store_invite(&state).await?;
+        self.audit(
+            AuditAction::InviteCancelled,
+            true,
+            &crate::view::hex(id),
+            "",
+        )
+        .await
     }
 
     /// Answers a provider's redemption `request` received on a channel
@@ -461,6 +476,26 @@ impl SecureRecord {
     /// invite is marked used, the writer granted and the keys shared.
     pub async fn answer_invite(&self, handshake_hash: &[u8], request: &[u8]) -> Answer {
         let result = self.try_answer(handshake_hash, request).await;
+        // Refusals of invites this record issued are audited; junk and
+        // unknown ids are not (anyone could flood the log with them).
+        let id = match InviteMsg::decode(request) {
+            Ok(InviteMsg::Redeem { id, .. }) => Some(crate::view::hex(&id)),
+            _ => None,
+        };
+        let audited = match (&result, id) {
+            (Ok((_, w)), Some(id)) => Some((
+                AuditAction::InviteRedeemed,
+                true,
+                id,
+                format!("granted {}", crate::view::hex(w)),
+            )),
+            (Err(InviteError::Malformed | InviteError::Unknown), _) | (_, None) => None,
+            (Err(e), Some(id)) => Some((AuditAction::InviteRefused, false, id, e.to_string())),
+        };
+        if let Some((action, ok, id, detail)) = audited {
+            // The answer stands even if the audit write fails.
+            let _ = self.audit(action, ok, &id, &detail).await;
+        }
         let reply = match &result {
             Ok((proof, _)) => InviteMsg::Accepted { proof: *proof },
             Err(e) => InviteMsg::Refused { reason: *e },

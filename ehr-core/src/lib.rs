@@ -47,6 +47,7 @@
 
 pub mod apply;
 mod attachment;
+pub mod audit;
 pub mod consent;
 mod error;
 pub mod fhir;

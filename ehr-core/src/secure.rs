@@ -336,7 +336,14 @@ impl SecureRecord {
             let key = self.current_or_create(s).await?;
             wraps.push(self.wrap(&key, grantee, writer)?);
         }
-        self.write_wraps(&wraps).await
+        self.write_wraps(&wraps).await?;
+        self.audit(
+            crate::audit::AuditAction::Share,
+            true,
+            &grantee.fingerprint(),
+            &scopes.join(","),
+        )
+        .await
     }
 
     /// Writes a resource sealed under the current key of `scope`. An owner
@@ -421,7 +428,20 @@ impl SecureRecord {
             .map(|w| w.recipient)
             .collect();
         self.record.revoke(writer).await?;
-        self.rotate_wraps(&all, &revoked).await
+        let rotation = self.rotate_wraps(&all, &revoked).await?;
+        let rotated: Vec<String> = rotation
+            .scopes
+            .iter()
+            .map(|(s, e)| format!("{s}@{e}"))
+            .collect();
+        self.audit(
+            crate::audit::AuditAction::Revoke,
+            true,
+            &crate::view::hex(&writer),
+            &format!("rotated {}", rotated.join(",")),
+        )
+        .await?;
+        Ok(rotation)
     }
 
     /// Rotates every scope any of `devices` holds, so they cannot read what
