@@ -187,6 +187,43 @@ fn grant_join_write_sync_revoke_across_processes() {
         .find(|g| g["writer"] == dk.as_str())
         .unwrap();
     assert_eq!(doc["grant"]["revoked"], true);
+    // The audit trail: the revocation is an AuditEvent; the exported
+    // package verifies offline (from a folder with no data) against the
+    // record key, and a flipped byte fails with one line.
+    let audit = json(&p, &["audit", "list", "--json"]);
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["subtype"][0]["code"] == "revoke"),
+        "{audit}"
+    );
+    let pkg = root.path().join("audit.pkg");
+    ok(&p, &["audit", "export", "--out", pkg.to_str().unwrap()]);
+    let nowhere = root.path().join("nowhere");
+    let v = json(
+        &nowhere,
+        &[
+            "audit",
+            "verify",
+            pkg.to_str().unwrap(),
+            "--record",
+            &key,
+            "--json",
+        ],
+    );
+    assert!(!v.as_array().unwrap().is_empty());
+    let mut bytes = std::fs::read(&pkg).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&pkg, bytes).unwrap();
+    let e = fails(
+        &nowhere,
+        &["audit", "verify", pkg.to_str().unwrap(), "--record", &key],
+    );
+    assert!(e.contains("does NOT verify"), "{e}");
+
     let list = ok(&p, &["grants", "list"]);
     assert!(list.contains("revoked"), "{list}");
 }
@@ -208,6 +245,8 @@ fn the_demo_runs_and_converges() {
         "conflict marker on versions",
         "refused",
         "revoked on every peer",
+        "verified offline",
+        "verification fails",
         "done in",
     ] {
         assert!(out.contains(want), "missing {want:?} in\n{out}");

@@ -3,7 +3,7 @@
 use crate::net::{self, Sessions};
 use crate::store::{self, Identity};
 use crate::table;
-use crate::{CliError, Command, GrantsCmd, MirrorCmd};
+use crate::{AuditCmd, CliError, Command, GrantsCmd, MirrorCmd};
 use ehr_core::consent::{Perms, Scope};
 use ehr_core::fhir::{format_instant, parse_fhir_date, Coding};
 use ehr_core::{Attachment, Grant, Query, Record, Role, Version};
@@ -54,6 +54,11 @@ async fn dispatch(cmd: Command, data: &Path, sp: LocalSpawner) -> Result<(), Cli
             mirror_add(data, &key, identity.as_deref()).await
         }
         Command::Rejected(j) => rejected(data, j.json).await,
+        Command::Audit(AuditCmd::List(j)) => audit_list(data, j.json).await,
+        Command::Audit(AuditCmd::Export { out }) => audit_export(data, &out).await,
+        Command::Audit(AuditCmd::Verify { file, record, json }) => {
+            audit_verify(data, &file, record.as_deref(), json.json).await
+        }
         Command::Sync(a) => sync(data, a, &sp).await,
         Command::Demo(a) => crate::demo::run(a, &sp).await,
     }
@@ -1057,9 +1062,13 @@ async fn revoke(data: &Path, key: &str) -> Result<(), CliError> {
         }
         Some(_) => {}
     }
-    r.revoke(key)
+    // Through the security layer: revokes, rotates the scope keys the
+    // writer held, and writes an AuditEvent.
+    let rotation = ehr_core::SecureRecord::new(r.clone())
+        .revoke(key)
         .await
         .map_err(|e| CliError::ehr("cannot revoke", e))?;
+    let _ = rotation;
     r.flush().await?;
     println!(
         "revoked {}: its later writes are refused on every peer",
@@ -1217,5 +1226,111 @@ async fn sync(data: &Path, a: crate::SyncArgs, sp: &LocalSpawner) -> Result<(), 
         r.patient_id()
     );
     let _ = live;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- audit
+
+fn audit_row(b: &[u8]) -> Vec<String> {
+    let v: Value = serde_json::from_slice(b).unwrap_or(Value::Null);
+    vec![
+        v["recorded"].as_str().unwrap_or("").to_owned(),
+        v["subtype"][0]["code"].as_str().unwrap_or("").to_owned(),
+        if v["outcome"] == "0" { "ok" } else { "refused" }.to_owned(),
+        table::cut(
+            &v["agent"][0]["who"]["identifier"]["value"]
+                .as_str()
+                .unwrap_or("")
+                .chars()
+                .take(12)
+                .collect::<String>(),
+            12,
+        ),
+        table::cut(v["outcomeDesc"].as_str().unwrap_or(""), 60),
+    ]
+}
+
+async fn audit_list(data: &Path, as_json: bool) -> Result<(), CliError> {
+    let (_, r) = store::open_record(data).await?;
+    r.update().await?;
+    let mut events: Vec<Vec<u8>> = Vec::new();
+    let mut q = Query::new("AuditEvent").limit(1000);
+    loop {
+        let page = r.search(&q).await?;
+        events.extend(page.entries.into_iter().filter_map(|v| v.resource));
+        match page.next {
+            Some(c) => q = q.after(c),
+            None => break,
+        }
+    }
+    let secure = ehr_core::SecureRecord::new(r.clone());
+    events.extend(secure.rejected_audit_events().await?);
+    if as_json {
+        let items: Vec<String> = events
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect();
+        println!("[{}]", items.join(","));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = events.iter().map(|b| audit_row(b)).collect();
+    table::print(&["RECORDED", "ACTION", "OUTCOME", "AGENT", "DETAIL"], &rows);
+    Ok(())
+}
+
+async fn audit_export(data: &Path, out: &Path) -> Result<(), CliError> {
+    let (_, r) = store::open_record(data).await?;
+    r.update().await?;
+    let pkg = ehr_core::SecureRecord::new(r.clone())
+        .export_audit()
+        .await
+        .map_err(|e| CliError::ehr("cannot export the audit trail", e))?;
+    std::fs::write(out, &pkg).map_err(|e| CliError::io(out, e))?;
+    println!(
+        "wrote the audit package ({} bytes) to {}; verify it with `ehr audit verify {} --record {}`",
+        pkg.len(),
+        out.display(),
+        out.display(),
+        hex(&r.key())
+    );
+    Ok(())
+}
+
+async fn audit_verify(
+    data: &Path,
+    file: &Path,
+    record: Option<&str>,
+    as_json: bool,
+) -> Result<(), CliError> {
+    let pkg = std::fs::read(file).map_err(|e| CliError::io(file, e))?;
+    let key = match record {
+        Some(k) => parse_key(k)
+            .ok_or_else(|| CliError::Usage(format!("{k:?} is not a record key (64 hex digits)")))?,
+        None => store::open_record(data).await?.1.key(),
+    };
+    let events = ehr_core::audit::verify_audit_package(&key, &pkg)
+        .await
+        .map_err(|e| {
+            CliError::Other(format!(
+                "the audit package {} does NOT verify against record {}: {e}",
+                file.display(),
+                hex(&key)
+            ))
+        })?;
+    if as_json {
+        let items: Vec<String> = events
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect();
+        println!("[{}]", items.join(","));
+        return Ok(());
+    }
+    println!(
+        "verified: {} AuditEvents, signed into the record {} (proofs checked offline)",
+        events.len(),
+        hex(&key)
+    );
+    let rows: Vec<Vec<String>> = events.iter().map(|b| audit_row(b)).collect();
+    table::print(&["RECORDED", "ACTION", "OUTCOME", "AGENT", "DETAIL"], &rows);
     Ok(())
 }

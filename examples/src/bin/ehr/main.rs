@@ -98,6 +98,9 @@ pub(crate) enum Command {
     Mirror(MirrorCmd),
     /// Writes the record's rules refused (on every peer alike).
     Rejected(Json),
+    /// The audit trail: list it, export it with proofs, verify a package offline.
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// Run as a peer: listen, dial peers, find peers on the LAN, replicate.
     Sync(SyncArgs),
     /// Play the whole story on this machine (temporary folders, TCP loopback).
@@ -222,6 +225,28 @@ pub(crate) enum MirrorCmd {
         /// The mirror's network identity (hex, from `ehr whoami` on the mirror).
         #[arg(long)]
         identity: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum AuditCmd {
+    /// AuditEvents in the record (grants' revocations, invites, ...) and refused writes.
+    List(Json),
+    /// Export this device's AuditEvents with hypercore proofs (a package a third party verifies).
+    Export {
+        /// The package file to write.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Verify a package offline against a record key (no data folder needed).
+    Verify {
+        /// The package file.
+        file: PathBuf,
+        /// The record key (hex); default: this data folder's record.
+        #[arg(long)]
+        record: Option<String>,
+        #[command(flatten)]
+        json: Json,
     },
 }
 
