@@ -837,9 +837,8 @@ impl Autobase {
                     for k in keys {
                         self.input(st, k).await?;
                     }
-                    continue;
                 }
-                break;
+                // The next decision may already be made.
             }
             if committed_any {
                 self.persist(st).await?;

@@ -48,7 +48,7 @@ mod node;
 
 pub use base::{Apply, Autobase, AutobaseBuilder, Event, Host, View, WriterInfo};
 pub use error::{ApplyError, Error};
-pub use node::{Node, NODE_VERSION};
+pub use node::{Node, MAX_HEADS, NODE_VERSION};
 
 /// The README's example, compiled and run as a doc test.
 #[cfg(doctest)]

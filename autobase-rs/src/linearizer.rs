@@ -9,25 +9,25 @@
 //! # The order
 //!
 //! Every node has a height: 1 + the largest height of its parents (its own
-//! previous node and the heads it names). For an indexer `i`, the ack of a
-//! node `n` is `i`'s first node whose causal past contains `n` (an indexer's
-//! own node acks itself). The sort key of an uncommitted node is
-//! `(estimate, height, writer key, seq)`, where `estimate` is the largest
-//! height over the indexers' acks, using `height(latest node of i) + 1` for an
-//! indexer that has not acked it yet (a lower bound: any later node of `i` is
-//! higher than its latest). The key is causal (a parent never sorts after its
-//! child), and once every indexer has acked a node its estimate is exact.
+//! previous node and the heads it names). Uncommitted nodes are ordered by
+//! `(height, writer key, seq)`, which is causal (a parent is always lower).
 //!
-//! A node is final when every indexer has acked it and its estimate is below
-//! `F`, the smallest estimate any node could still get: the smallest lower
-//! bound over nodes not yet acked by every indexer, and `1 + the largest
-//! latest height` for nodes not known yet (their acks are all in the future).
-//! Final nodes form a prefix of the sorted order, and new nodes can only sort
-//! after them, so committing that prefix is safe on every peer.
+//! # Finality: a majority of indexers decides
 //!
-//! The rule needs an ack from every current indexer (for one or two indexers
-//! that is a majority): a silent indexer stalls finality, never the tail.
-//! See DESIGN.md.
+//! Decisions are made one after another, each from the committed prefix. In
+//! a decision, indexer nodes get rounds: round 0 is the committed prefix, and
+//! a node moves one round past the highest round in its past once a majority
+//! of indexers have a node of that round in its past. Odd rounds have a
+//! leader (the indexers take turns, rotated by the committed count): the
+//! leader indexer's first node of that round. A leader is decided when a
+//! majority of indexers' first nodes of the next round see it; leaders of
+//! earlier odd rounds that it sees are decided before it. Because any two
+//! majorities share an indexer, a leader decided by any peer is in the past
+//! of every later leader, so every peer decides the same first leader: the
+//! anchor. Its causal past (not yet committed) is the final chunk, in
+//! `(height, writer key, seq)` order; then the next decision starts.
+//! With one indexer every node of it is an anchor. A silent minority of
+//! indexers does not stall finality.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -94,6 +94,9 @@ pub enum Presence {
 struct LNode {
     clock: Vec<u64>,
     height: u64,
+    /// Round of an indexer's node in the current decision (0 otherwise);
+    /// recomputed whenever the committed prefix or the indexers change.
+    round: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -246,9 +249,12 @@ impl Linearizer {
             .copied()
             .filter(|i| (*i as usize) < self.logs.len())
             .collect();
-        v.sort_unstable();
+        // By key: leaders take turns in an order every peer agrees on (ids
+        // depend on the order writers were first seen).
+        v.sort_unstable_by_key(|i| self.logs[*i as usize].key);
         v.dedup();
         self.indexers = v;
+        self.recompute_rounds();
     }
 
     /// The indexers used for finality.
@@ -406,71 +412,170 @@ impl Linearizer {
                 "height is not 1 + the parents' largest",
             ));
         }
+        clock[writer as usize] = seq;
+        let round = self.round_of(writer, &clock);
         clock[writer as usize] = seq + 1;
-        self.logs[writer as usize]
-            .nodes
-            .push(LNode { clock, height });
+        self.logs[writer as usize].nodes.push(LNode {
+            clock,
+            height,
+            round,
+        });
         self.uncommitted.insert(NodeId { writer, seq });
         Ok(())
     }
 
-    /// The acking height of `node` by indexer `i`, if `i` has acked it.
-    fn ack(&self, i: WriterId, node: NodeId, node_height: u64) -> Option<u64> {
-        if i == node.writer {
-            return Some(node_height);
+    /// The round of a node of `writer` whose parents' merged clock is
+    /// `clock_without_self` (its own entry = its seq). Rounds count from the
+    /// committed prefix: an indexer with nothing uncommitted in the past is
+    /// at round 0. A node moves one round past the highest round in its past
+    /// when a majority of indexers have a node of that round in its past.
+    fn round_of(&self, writer: WriterId, clock_without_self: &[u64]) -> u64 {
+        if !self.indexers.contains(&writer) {
+            return 0;
         }
-        let log = self.logs.get(i as usize)?;
-        let w = node.writer as usize;
-        let pos = log
-            .nodes
-            .partition_point(|n| n.clock.get(w).copied().unwrap_or(0) <= node.seq);
-        log.nodes.get(pos).map(|n| n.height)
+        let mut max = 0u64;
+        let mut count = 0usize;
+        for &j in &self.indexers {
+            let log = &self.logs[j as usize];
+            let c = clock_without_self.get(j as usize).copied().unwrap_or(0);
+            let r = if c > log.committed {
+                log.get(c - 1).map(|n| n.round).unwrap_or(0)
+            } else {
+                0
+            };
+            if r > max {
+                max = r;
+                count = 1;
+            } else if r == max {
+                count += 1;
+            }
+        }
+        if count >= self.majority() {
+            max + 1
+        } else {
+            max
+        }
     }
 
-    /// Orders every uncommitted node and says how many lead as final.
-    pub fn order(&self) -> Order {
-        let latest: Vec<u64> = self
-            .indexers
+    fn majority(&self) -> usize {
+        self.indexers.len() / 2 + 1
+    }
+
+    /// Recomputes every uncommitted node's round (parents first).
+    fn recompute_rounds(&mut self) {
+        let mut ids: Vec<(u64, NodeId)> = self
+            .uncommitted
             .iter()
-            .map(|&i| self.logs[i as usize].latest_height())
+            .map(|id| (self.height(*id).unwrap_or(0), *id))
             .collect();
-        let unknown_bound = latest.iter().max().map(|m| m + 1).unwrap_or(0);
-        let mut bound = unknown_bound;
-        let mut keyed: Vec<(u64, u64, [u8; 32], u64, bool, NodeId)> =
-            Vec::with_capacity(self.uncommitted.len());
-        for &id in &self.uncommitted {
-            let log = &self.logs[id.writer as usize];
-            let h = log.get(id.seq).map(|n| n.height).unwrap_or(0);
-            let mut est = 0u64;
-            let mut complete = true;
-            for (k, &i) in self.indexers.iter().enumerate() {
-                let v = match self.ack(i, id, h) {
-                    Some(v) => v,
-                    None => {
-                        complete = false;
-                        latest[k] + 1
-                    }
-                };
-                est = est.max(v);
+        ids.sort_unstable();
+        for (_, id) in ids {
+            let Some(node) = self.logs[id.writer as usize].get(id.seq) else {
+                continue;
+            };
+            let mut clock = node.clock.clone();
+            if let Some(own) = clock.get_mut(id.writer as usize) {
+                *own = id.seq;
             }
-            if self.indexers.is_empty() {
-                complete = false;
+            let r = self.round_of(id.writer, &clock);
+            let log = &mut self.logs[id.writer as usize];
+            if let Some(i) = id.seq.checked_sub(log.offset) {
+                if let Some(n) = usize::try_from(i).ok().and_then(|i| log.nodes.get_mut(i)) {
+                    n.round = r;
+                }
             }
-            if !complete {
-                bound = bound.min(est);
-            }
-            keyed.push((est, h, log.key, id.seq, complete, id));
         }
-        keyed.sort_unstable_by_key(|a| (a.0, a.1, a.2, a.3));
-        let final_len = if self.indexers.is_empty() {
-            0
-        } else {
-            keyed.iter().take_while(|k| k.4 && k.0 < bound).count()
+    }
+
+    /// The next anchor: the indexer node whose causal past is the next
+    /// committed chunk, if one is decided.
+    fn anchor(&self) -> Option<NodeId> {
+        let n = self.indexers.len();
+        if n == 0 {
+            return None;
+        }
+        if n == 1 {
+            // A lone indexer decides alone: each of its nodes is an anchor.
+            let j = self.indexers[0];
+            let log = &self.logs[j as usize];
+            let id = NodeId {
+                writer: j,
+                seq: log.committed,
+            };
+            return self.uncommitted.contains(&id).then_some(id);
+        }
+        // First node of each indexer (by position) in each round.
+        let mut first: HashMap<(usize, u64), NodeId> = HashMap::new();
+        let mut max_round = 0;
+        for (k, &j) in self.indexers.iter().enumerate() {
+            let log = &self.logs[j as usize];
+            for seq in log.committed..log.len() {
+                if let Some(node) = log.get(seq) {
+                    max_round = max_round.max(node.round);
+                    first
+                        .entry((k, node.round))
+                        .or_insert(NodeId { writer: j, seq });
+                }
+            }
+        }
+        // Leaders sit on odd rounds and rotate with every commit, so a
+        // silent indexer costs at most one skipped wave per decision.
+        let rot = usize::try_from(self.committed_count % n as u64).unwrap_or(0);
+        let leader = |r: u64| -> Option<NodeId> {
+            let wave = usize::try_from((r - 1) / 2 % n as u64).unwrap_or(0);
+            first.get(&((wave + rot) % n, r)).copied()
         };
-        Order {
-            nodes: keyed.into_iter().map(|k| k.5).collect(),
-            final_len,
+        let q = self.majority();
+        let mut r = 1;
+        while r < max_round {
+            if let Some(l) = leader(r) {
+                let votes = (0..n)
+                    .filter(|k| first.get(&(*k, r + 1)).is_some_and(|v| self.sees(*v, l)))
+                    .count();
+                if votes >= q {
+                    // Directly decided. Earlier leaders it can reach are
+                    // decided before it (any leader decided by some peer is
+                    // reachable from every later leader: quorums intersect).
+                    let mut anchor = l;
+                    let mut back = r;
+                    while back >= 3 {
+                        back -= 2;
+                        if let Some(prev) = leader(back) {
+                            if self.sees(anchor, prev) {
+                                anchor = prev;
+                            }
+                        }
+                    }
+                    return Some(anchor);
+                }
+            }
+            r += 2;
         }
+        None
+    }
+
+    /// Orders every uncommitted node and says how many lead as final: the
+    /// past of the next decided anchor (if any), then the rest; each part
+    /// sorted by (height, writer key, seq), which is causal.
+    pub fn order(&self) -> Order {
+        let mut keyed: Vec<(u64, [u8; 32], u64, NodeId)> = self
+            .uncommitted
+            .iter()
+            .map(|id| {
+                let log = &self.logs[id.writer as usize];
+                (self.height(*id).unwrap_or(0), log.key, id.seq, *id)
+            })
+            .collect();
+        keyed.sort_unstable();
+        let anchor = self.anchor();
+        let (fin, rest): (Vec<_>, Vec<_>) = keyed
+            .into_iter()
+            .map(|k| k.3)
+            .partition(|id| anchor.is_some_and(|a| self.sees(a, *id)));
+        let final_len = fin.len();
+        let mut nodes = fin;
+        nodes.extend(rest);
+        Order { nodes, final_len }
     }
 
     /// Commits the first `n` nodes of `order` (which must be the latest
@@ -497,6 +602,8 @@ impl Linearizer {
                 log.offset = keep_from;
             }
         }
+        // A new decision starts from the new committed prefix.
+        self.recompute_rounds();
     }
 }
 
@@ -547,9 +654,10 @@ mod tests {
         l.set_indexers(&[a, b]);
         let a0 = write(&mut l, a);
         assert_eq!(l.order().final_len, 0);
-        write(&mut l, b); // b acks a0
+        write(&mut l, b); // b acks a0: round 1
+        write(&mut l, a); // a sees both round-1 nodes: round 2 (a vote)
         assert_eq!(l.order().final_len, 0);
-        write(&mut l, a); // a acks b's ack
+        write(&mut l, b); // b's first round-2 node: the second vote
         let o = l.order();
         assert!(o.final_len >= 1);
         assert_eq!(o.nodes[0], a0);
@@ -563,22 +671,70 @@ mod tests {
     }
 
     #[test]
-    fn a_node_at_the_bound_is_not_final() {
-        // A0 and B0 concurrent; A1 sees B0; B1 (not yet known) sees only A0.
+    fn a_silent_indexer_does_not_stall_a_majority() {
         let mut l = Linearizer::new();
         let a = l.writer(key(1));
         let b = l.writer(key(2));
+        let c = l.writer(key(3));
+        l.set_indexers(&[a, b, c]);
+        let first = write(&mut l, a);
+        for _ in 0..8 {
+            write(&mut l, b);
+            write(&mut l, a);
+        }
+        let o = l.order();
+        assert!(o.final_len >= 1, "a and b are a majority of three");
+        assert_eq!(o.nodes[0], first);
+        l.commit(&o, o.final_len);
+        assert!(l.committed_count() >= 1);
+        // c was never heard from, yet it can join later.
+        write(&mut l, c);
+    }
+
+    #[test]
+    fn the_leaders_own_vote_is_not_enough() {
+        // Three indexers: a leads round 1 with A0. A1 (round 2) votes for it
+        // by its own chain; b and c reach round 2 without seeing A0. One vote
+        // of three is no majority: nothing is decided, or a later round-3
+        // leader built on b and c alone could skip A0 on another peer.
+        let mut l = Linearizer::new();
+        let a = l.writer(key(1));
+        let b = l.writer(key(2));
+        let c = l.writer(key(3));
+        l.set_indexers(&[a, b, c]);
+        l.add_node(a, 0, &[], 1).unwrap();
+        l.add_node(b, 0, &[], 1).unwrap();
+        l.add_node(c, 0, &[], 1).unwrap();
+        l.add_node(a, 1, &[head(b, 0)], 2).unwrap();
+        l.add_node(b, 1, &[head(c, 0)], 2).unwrap();
+        l.add_node(c, 1, &[head(b, 0)], 2).unwrap();
+        assert_eq!(l.order().final_len, 0);
+        // b's round-2 node learns A0 only later: still one vote (first
+        // round-2 nodes count). When b and c see A0 in round 2, it is decided.
+        l.add_node(b, 2, &[head(a, 1), head(c, 1)], 3).unwrap();
+        l.add_node(c, 2, &[head(a, 1), head(b, 2)], 4).unwrap();
+        let o = l.order();
+        assert!(
+            o.final_len == 0
+                || o.nodes[0] == NodeId { writer: a, seq: 0 }
+                || o.nodes[0] == NodeId { writer: b, seq: 0 }
+        );
+    }
+
+    #[test]
+    fn concurrent_tails_order_by_height_then_key() {
+        let mut l = Linearizer::new();
+        let a = l.writer(key(2));
+        let b = l.writer(key(1));
         l.set_indexers(&[a, b]);
         l.add_node(a, 0, &[], 1).unwrap();
         l.add_node(b, 0, &[], 1).unwrap();
         l.add_node(a, 1, &[head(b, 0)], 2).unwrap();
-        // B0 is acked by both, but A0 may still get the same estimate and
-        // sort first (its key is smaller): B0 must not be final yet.
-        assert_eq!(l.order().final_len, 0);
-        l.add_node(b, 1, &[head(a, 0)], 2).unwrap();
         let o = l.order();
-        assert_eq!(o.nodes[0], NodeId { writer: a, seq: 0 });
-        assert_eq!(o.nodes[1], NodeId { writer: b, seq: 0 });
+        // b's key sorts first at equal height.
+        assert_eq!(o.nodes[0], NodeId { writer: b, seq: 0 });
+        assert_eq!(o.nodes[1], NodeId { writer: a, seq: 0 });
+        assert_eq!(o.nodes[2], NodeId { writer: a, seq: 1 });
     }
 
     #[test]

@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 /// The block format version.
 pub const NODE_VERSION: u8 = 1;
 
+/// The most heads a block may name: a block naming more is rejected (each
+/// named key makes every reader open that writer's input core).
+pub const MAX_HEADS: usize = 1024;
+
 /// A head named by a node: the writer's key and the length of its log seen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct WireHead {
@@ -47,7 +51,7 @@ impl Block {
         if b.version != NODE_VERSION || b.height == 0 {
             return None;
         }
-        if b.heads.iter().any(|h| h.length == 0) {
+        if b.heads.len() > MAX_HEADS || b.heads.iter().any(|h| h.length == 0) {
             return None;
         }
         if let Body::Values(v) = &b.body {
@@ -98,6 +102,40 @@ mod tests {
         want.extend([2u8, 0]);
         assert_eq!(bytes, want);
         assert_eq!(Block::decode(&bytes), Some(b));
+    }
+
+    #[test]
+    fn rejects_bad_shapes() {
+        let ok = Block {
+            version: 1,
+            height: 1,
+            heads: vec![],
+            body: Body::Values(vec![serde_bytes::ByteBuf::from(vec![1u8])]),
+        };
+        assert!(Block::decode(&ok.encode()).is_some());
+        let mut b = ok.clone();
+        b.version = 2;
+        assert!(Block::decode(&b.encode()).is_none());
+        let mut b = ok.clone();
+        b.height = 0;
+        assert!(Block::decode(&b.encode()).is_none());
+        let mut b = ok.clone();
+        b.body = Body::Values(vec![]);
+        assert!(Block::decode(&b.encode()).is_none());
+        let mut b = ok.clone();
+        b.heads = vec![WireHead {
+            key: [1; 32],
+            length: 0,
+        }];
+        assert!(Block::decode(&b.encode()).is_none());
+        let mut b = ok;
+        b.heads = (0..=MAX_HEADS)
+            .map(|i| WireHead {
+                key: [(i % 251) as u8; 32],
+                length: 1,
+            })
+            .collect();
+        assert!(Block::decode(&b.encode()).is_none());
     }
 
     proptest! {

@@ -189,3 +189,68 @@ async fn a_reorder_reapplies_only_the_changed_tail() {
         .iter()
         .any(|e| matches!(e, autobase_rs::Event::Updated { .. })));
 }
+
+#[tokio::test]
+async fn a_removed_indexer_no_longer_counts() {
+    let a = mem(None).await;
+    let b = mem(Some(a.key())).await;
+    connect(&a, &b);
+    a.append(format!("a{}", hex(&b.local_writer_key())).into_bytes())
+        .await
+        .unwrap();
+    settle(&[&a, &b], || async { b.writable().await }).await;
+    b.append(b"pb=1".to_vec()).await.unwrap();
+    settle(&[&a, &b], || async { converged(&[&a, &b]).await }).await;
+    a.append(format!("r{}", hex(&b.local_writer_key())).into_bytes())
+        .await
+        .unwrap();
+    settle(&[&a, &b], || async {
+        converged(&[&a, &b]).await && !b.writable().await
+    })
+    .await;
+    let ws = a.writers().await;
+    assert!(ws
+        .iter()
+        .any(|w| w.key == b.local_writer_key() && w.removed));
+    // a alone is the indexer now: its writes are indexed without b.
+    let before = a.indexed_length().await;
+    a.append(b"pa=1".to_vec()).await.unwrap();
+    assert!(a.indexed_length().await > before);
+    assert_eq!(
+        a.view_hash("view").await.unwrap(),
+        a.view_tip_hash("view").await.unwrap()
+    );
+    // Re-adding b as a non-indexer lets it write again.
+    a.append(format!("w{}", hex(&b.local_writer_key())).into_bytes())
+        .await
+        .unwrap();
+    settle(&[&a, &b], || async { b.writable().await }).await;
+    b.append(b"pb2=2".to_vec()).await.unwrap();
+    settle(&[&a, &b], || async { converged(&[&a, &b]).await }).await;
+    assert_eq!(dump(&a).await.len(), 3);
+}
+
+#[tokio::test]
+async fn two_of_three_indexers_index_while_the_third_is_offline() {
+    let a = mem(None).await;
+    let b = mem(Some(a.key())).await;
+    let c = mem(Some(a.key())).await; // never connected
+    connect(&a, &b);
+    a.append(format!("a{}", hex(&b.local_writer_key())).into_bytes())
+        .await
+        .unwrap();
+    settle(&[&a, &b], || async { b.writable().await }).await;
+    a.append(format!("a{}", hex(&c.local_writer_key())).into_bytes())
+        .await
+        .unwrap();
+    settle(&[&a, &b], || async { converged(&[&a, &b]).await }).await;
+    assert_eq!(a.writers().await.iter().filter(|w| w.indexer).count(), 3);
+    let before = a.indexed_length().await;
+    for i in 0..5 {
+        a.append(format!("pa{i}=1").into_bytes()).await.unwrap();
+        b.append(format!("pb{i}=1").into_bytes()).await.unwrap();
+    }
+    settle(&[&a, &b], || async { converged(&[&a, &b]).await }).await;
+    assert!(a.indexed_length().await > before + 10);
+    assert_eq!(dump(&a).await.len(), 10);
+}

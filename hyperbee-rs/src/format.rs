@@ -42,6 +42,11 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
+fn put_node_bytes(out: &mut Vec<u8>, b: &Bytes) {
+    put_varint(out, b.len() as u64);
+    b.append_to(out);
+}
+
 /// A bounds-checked reader over one block.
 pub(crate) struct Decoder<'a> {
     buf: &'a [u8],
@@ -184,12 +189,12 @@ pub(crate) fn encode_node(node: &Node, own: Ptr, out: &mut Vec<u8>) {
     put_varint(out, node.keys.len() as u64);
     if node.is_leaf() {
         for (k, v) in node.keys.iter().zip(&node.vals) {
-            put_bytes(out, k);
+            put_node_bytes(out, k);
             put_varint(out, v.seq);
             match &v.value {
                 Value::Inline(b) => {
                     out.push(0);
-                    put_bytes(out, b);
+                    put_node_bytes(out, b);
                 }
                 Value::Ref { seq, op, len } => {
                     out.push(1);
@@ -212,7 +217,7 @@ pub(crate) fn encode_node(node: &Node, own: Ptr, out: &mut Vec<u8>) {
             put_ptr(out, own, ptr(c));
         }
         for (k, c) in node.keys.iter().zip(node.children.iter().skip(1)) {
-            put_bytes(out, k);
+            put_node_bytes(out, k);
             put_ptr(out, own, ptr(c));
         }
     }

@@ -62,6 +62,22 @@ impl Bytes {
     }
 }
 
+impl Bytes {
+    /// Appends the bytes to `out`. Inline strings are copied as their fixed
+    /// array then cut back, which compiles to a couple of moves instead of
+    /// a `memcpy` call per key (node encoding copies hundreds per put).
+    pub(crate) fn append_to(&self, out: &mut Vec<u8>) {
+        match self {
+            Bytes::Inline { len, data } => {
+                let at = out.len();
+                out.extend_from_slice(data);
+                out.truncate(at + (*len as usize).min(INLINE_BYTES));
+            }
+            Bytes::Shared { .. } => out.extend_from_slice(self),
+        }
+    }
+}
+
 impl Deref for Bytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
@@ -164,6 +180,23 @@ impl Node {
         }
     }
 
+    /// A copy to be edited in a batch: room for a few more entries, so the
+    /// insert (and a split's separator) that follows does not reallocate.
+    pub(crate) fn copy_for_edit(&self) -> Node {
+        fn with_room<T: Clone>(v: &[T]) -> Vec<T> {
+            let mut out = Vec::with_capacity(v.len() + 2);
+            out.extend_from_slice(v);
+            out
+        }
+        Node {
+            level: self.level,
+            keys: with_room(&self.keys),
+            vals: with_room(&self.vals),
+            children: with_room(&self.children),
+            bytes: self.bytes,
+        }
+    }
+
     pub(crate) fn is_leaf(&self) -> bool {
         self.level == 0
     }
@@ -248,6 +281,39 @@ mod tests {
         }
         assert_eq!(&*separator(b"apple", b"banana"), b"b");
         assert_eq!(&*separator(b"ab", b"abc"), b"abc");
+    }
+
+    #[test]
+    fn append_to_writes_exactly_the_bytes() {
+        for n in [0usize, 1, 21, 22, 23, 100] {
+            let data: Vec<u8> = (0..n as u8).map(|i| i.wrapping_mul(37)).collect();
+            let b = Bytes::copy_from(&data);
+            let mut out = vec![9u8];
+            b.append_to(&mut out);
+            b.append_to(&mut out);
+            let mut want = vec![9u8];
+            want.extend_from_slice(&data);
+            want.extend_from_slice(&data);
+            assert_eq!(out, want);
+        }
+    }
+
+    #[test]
+    fn copies_for_edit_equal_the_original() {
+        let mut n = Node::leaf();
+        for k in [&b"a"[..], b"b", b"c"] {
+            n.keys.push(Bytes::copy_from(k));
+            n.vals.push(LeafValue {
+                seq: 1,
+                value: Value::Inline(Bytes::copy_from(k)),
+            });
+        }
+        n.recompute();
+        let c = n.copy_for_edit();
+        assert_eq!(c.keys, n.keys);
+        assert_eq!(c.vals.len(), 3);
+        assert_eq!(c.bytes, n.bytes);
+        assert!(c.keys.capacity() > c.keys.len());
     }
 
     #[test]

@@ -100,7 +100,7 @@ impl WorkTree {
             Some(Child::Dirty(i)) => Ok(Some(i)),
             Some(Child::Stored(p)) => {
                 let n = self.lookup(p)?;
-                self.arena.push((*n).clone());
+                self.arena.push(n.copy_for_edit());
                 self.copied.push(p);
                 let i = self.arena.len() - 1;
                 self.root = Some(Child::Dirty(i));
@@ -123,7 +123,7 @@ impl WorkTree {
                 if n.level.checked_add(1) != Some(self.arena[parent].level) {
                     return Err(Self::level_error(p));
                 }
-                self.arena.push((*n).clone());
+                self.arena.push(n.copy_for_edit());
                 self.copied.push(p);
                 let j = self.arena.len() - 1;
                 self.arena[parent].children[i] = Child::Dirty(j);
@@ -471,7 +471,7 @@ impl WorkTree {
             cur.size += tmp.len();
         }
         let mut final_ptr: Vec<Option<Ptr>> = vec![None; self.arena.len()];
-        let mut written = Vec::new();
+        let mut written = Vec::with_capacity(self.arena.len());
         let root = match self.root {
             None => None,
             Some(Child::Stored(p)) => Some(p),
@@ -514,7 +514,9 @@ impl WorkTree {
                         seq: base + done.len() as u64,
                         slot: cur.nodes.len() as u32,
                     };
-                    let mut buf = Vec::with_capacity(out.size() + 8);
+                    // The size estimate is exact but for pointers (at most
+                    // ~20 bytes each, estimated at 5).
+                    let mut buf = Vec::with_capacity(out.size() + 16 * out.children.len() + 8);
                     encode_node(&out, own, &mut buf);
                     cur.size += buf.len() + 3;
                     cur.nodes.push(buf);

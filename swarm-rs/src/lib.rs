@@ -39,6 +39,8 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+#[cfg(feature = "dht")]
+pub mod dht;
 pub mod discovery;
 pub mod driver;
 pub mod entropy;
@@ -52,6 +54,8 @@ pub mod swarm;
 pub mod transport;
 
 pub use clock::{Clock, SystemClock};
+#[cfg(feature = "dht")]
+pub use dht::{DhtConfig, DhtDiscovery};
 pub use discovery::{DirDiscovery, Discovery, DiscoveryError, MemoryDiscovery};
 pub use driver::{
     Connections, DriverConfig, DriverStopped, PeerConnection, SwarmBuilder, SwarmDriver,

@@ -158,17 +158,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SecureStream<S> {
                 self.conn.handle_timeout(now)?;
                 continue;
             }
-            let sleep = match &mut self.sleep {
-                Some((at, sleep)) if *at == deadline => sleep,
-                slot => &mut slot.insert((deadline, self.clock.sleep_until(deadline))).1,
+            // Every send moves the keep-alive deadline later. A timer armed
+            // for an earlier instant is kept (it wakes us early, and we
+            // re-arm then) rather than replaced by a new timer on every
+            // poll (cheap with async-io, but churn for any clock).
+            let (at, sleep) = match &mut self.sleep {
+                Some((at, sleep)) if *at <= deadline => (*at, sleep),
+                slot => {
+                    let armed = slot.insert((deadline, self.clock.sleep_until(deadline)));
+                    (deadline, &mut armed.1)
+                }
             };
             match sleep.as_mut().poll(cx) {
                 Poll::Pending => return Ok(()),
                 Poll::Ready(()) => {
-                    // The timer fired: treat the deadline as reached even if
-                    // the clock disagrees slightly, so this cannot spin.
                     self.sleep = None;
-                    self.conn.handle_timeout(now.max(deadline))?;
+                    if at == deadline {
+                        // The timer fired: treat the deadline as reached even
+                        // if the clock disagrees slightly, so this cannot spin.
+                        self.conn.handle_timeout(now.max(deadline))?;
+                    }
+                    // Otherwise it was armed for a deadline that has since
+                    // moved later: loop to arm the new one.
                 }
             }
         }

@@ -159,7 +159,7 @@ fn replication() -> Result<(), String> {
     replication_tcp(&a, &c, &writer, size, true).map_err(|e| fail(&e))
 }
 
-/// replication.download.tcp (see [`replication`]): `writer`, held by
+/// replication.download.tcp (see [`replication()`]): `writer`, held by
 /// `source`, downloaded into the empty store `dest` over TCP loopback +
 /// Noise; on one thread, or each side on its own with `threads`.
 fn replication_tcp(

@@ -7,7 +7,8 @@
 //! entry's `Type/id`, editing only those bytes of each resource.
 
 use super::{
-    check_limits, is_resource_type, valid_id, FhirError, Resource, ResourceRef, MAX_BUNDLE_BYTES,
+    check_limits, edit_text, is_resource_type, valid_id, FhirError, Resource, ResourceRef,
+    MAX_BUNDLE_BYTES,
 };
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -150,10 +151,60 @@ struct RequestProbe {
     url: String,
 }
 
-#[allow(clippy::large_enum_variant)]
-enum Action {
+/// An entry's resource as pass 1 sees it: type and id only (the full
+/// parse happens once, after the edits).
+struct Light<'a> {
+    raw: &'a [u8],
+    ty: String,
+    id: Option<String>,
+}
+
+impl Light<'_> {
+    fn resource_type(&self) -> &str {
+        &self.ty
+    }
+    fn id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+}
+
+#[derive(Deserialize)]
+struct LightProbe {
+    #[serde(rename = "resourceType")]
+    resource_type: Option<String>,
+    id: Option<String>,
+}
+
+/// Type and id, cheaply; anything unusual gets the full parse, so errors
+/// are the same typed errors `Resource::parse` gives.
+fn light(raw: &RawValue) -> Result<Light<'_>, FhirError> {
+    let text = raw.get();
+    if text.starts_with('{') {
+        if let Ok(LightProbe {
+            resource_type: Some(ty),
+            id,
+        }) = serde_json::from_str::<LightProbe>(text)
+        {
+            if is_resource_type(&ty) && id.as_deref().is_none_or(valid_id) {
+                return Ok(Light {
+                    raw: text.as_bytes(),
+                    ty,
+                    id,
+                });
+            }
+        }
+    }
+    let r = Resource::parse(text.as_bytes().to_vec())?;
+    Ok(Light {
+        raw: text.as_bytes(),
+        ty: r.resource_type().to_owned(),
+        id: r.id().map(str::to_owned),
+    })
+}
+
+enum Action<'a> {
     Put {
-        res: Resource,
+        res: Light<'a>,
         target: ResourceRef,
         assign_id: bool,
     },
@@ -219,9 +270,6 @@ pub(crate) fn plan_import(
             full_url: e.full_url.clone(),
             kind,
         };
-        let resource_head = |raw: &RawValue| -> Result<Resource, ImportError> {
-            Resource::parse(raw.get().as_bytes().to_vec()).map_err(|k| fail(k.into()))
-        };
         let method = if with_requests {
             let Some(req) = &e.request else {
                 return Err(fail(ImportErrorKind::BadRequest(
@@ -240,7 +288,7 @@ pub(crate) fn plan_import(
                 let raw = e
                     .resource
                     .ok_or_else(|| fail(ImportErrorKind::MissingResource))?;
-                let res = resource_head(raw)?;
+                let res = light(raw).map_err(|k| fail(k.into()))?;
                 let target =
                     url_target(url).ok_or_else(|| fail(ImportErrorKind::BadRequest(url.into())))?;
                 if target.resource_type != res.resource_type()
@@ -259,7 +307,7 @@ pub(crate) fn plan_import(
                 let raw = e
                     .resource
                     .ok_or_else(|| fail(ImportErrorKind::MissingResource))?;
-                let res = resource_head(raw)?;
+                let res = light(raw).map_err(|k| fail(k.into()))?;
                 if url.trim_start_matches('/') != res.resource_type() {
                     return Err(fail(ImportErrorKind::UrlMismatch { url: url.into() }));
                 }
@@ -283,7 +331,7 @@ pub(crate) fn plan_import(
                 let raw = e
                     .resource
                     .ok_or_else(|| fail(ImportErrorKind::MissingResource))?;
-                let res = resource_head(raw)?;
+                let res = light(raw).map_err(|k| fail(k.into()))?;
                 let (id, assign_id) = match res.id() {
                     Some(id) => (id.to_owned(), false),
                     None if res.resource_type() == "Patient" => (patient.to_owned(), true),
@@ -324,14 +372,16 @@ pub(crate) fn plan_import(
         match action {
             Action::Delete(r) => plan.push(PlannedEntry::Delete(r)),
             Action::Put {
-                mut res,
+                res,
                 target,
                 assign_id,
             } => {
                 let mut missing = None;
-                res = res
-                    .edit(assign_id.then_some(target.id.as_str()), |r| {
-                        match targets.get(r) {
+                let edited =
+                    edit_text(
+                        res.raw,
+                        assign_id.then_some(target.id.as_str()),
+                        |r| match targets.get(r) {
                             Some(t) => Some(t.clone()),
                             None => {
                                 if r.starts_with("urn:") && missing.is_none() {
@@ -339,12 +389,14 @@ pub(crate) fn plan_import(
                                 }
                                 None
                             }
-                        }
-                    })
+                        },
+                    )
                     .map_err(|k| fail(k.into()))?;
                 if let Some(r) = missing {
                     return Err(fail(ImportErrorKind::MissingReference(r)));
                 }
+                let bytes = edited.unwrap_or_else(|| res.raw.to_vec());
+                let res = Resource::parse(bytes).map_err(|k| fail(k.into()))?;
                 res.check_patient(patient).map_err(|k| fail(k.into()))?;
                 plan.push(PlannedEntry::Put(res));
             }

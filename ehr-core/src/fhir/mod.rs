@@ -503,42 +503,54 @@ impl Resource {
     pub(crate) fn edit(
         &self,
         id: Option<&str>,
-        mut map: impl FnMut(&str) -> Option<String>,
+        map: impl FnMut(&str) -> Option<String>,
     ) -> Result<Resource, FhirError> {
-        if let Some(id) = id {
-            if !valid_id(id) {
-                return Err(FhirError::InvalidId(id.to_owned()));
-            }
+        match edit_text(&self.bytes, id, map)? {
+            None => Ok(self.clone()),
+            Some(bytes) => Resource::parse(bytes),
         }
-        let text = &self.bytes;
-        let mut edits = Vec::new();
-        let mut id_done = id.is_none();
-        for t in json::strings(text) {
-            if let (Some(id), false) = (id, id_done) {
-                if t.depth == 1 && json::is_value_of(text, &t, "id") {
-                    edits.push((t.span.clone(), json::quote(id)));
-                    id_done = true;
-                    continue;
-                }
-            }
-            if json::is_value_of(text, &t, "reference") {
-                if let Some(new) = json::plain(text, &t.span).and_then(&mut map) {
-                    edits.push((t.span.clone(), json::quote(&new)));
-                }
-            }
-        }
-        if let (Some(id), false) = (id, id_done) {
-            let open = text.iter().position(|&b| b == b'{').unwrap_or(0) + 1;
-            let mut field = b"\"id\":".to_vec();
-            field.extend(json::quote(id));
-            field.push(b',');
-            edits.insert(0, (open..open, field));
-        }
-        if edits.is_empty() {
-            return Ok(self.clone());
-        }
-        Resource::parse(json::splice(text, &edits))
     }
+}
+
+/// Sets the top-level `id` (if given) and rewrites `reference` values
+/// through `map`, editing only those bytes. `None` when nothing changes.
+pub(crate) fn edit_text(
+    text: &[u8],
+    id: Option<&str>,
+    mut map: impl FnMut(&str) -> Option<String>,
+) -> Result<Option<Vec<u8>>, FhirError> {
+    if let Some(id) = id {
+        if !valid_id(id) {
+            return Err(FhirError::InvalidId(id.to_owned()));
+        }
+    }
+    let mut edits = Vec::new();
+    let mut id_done = id.is_none();
+    json::for_each_string(text, |t| {
+        if let (Some(id), false) = (id, id_done) {
+            if t.depth == 1 && json::is_value_of(text, &t, "id") {
+                edits.push((t.span.clone(), json::quote(id)));
+                id_done = true;
+                return;
+            }
+        }
+        if json::is_value_of(text, &t, "reference") {
+            if let Some(new) = json::plain(text, &t.span).and_then(&mut map) {
+                edits.push((t.span.clone(), json::quote(&new)));
+            }
+        }
+    });
+    if let (Some(id), false) = (id, id_done) {
+        let open = text.iter().position(|&b| b == b'{').unwrap_or(0) + 1;
+        let mut field = b"\"id\":".to_vec();
+        field.extend(json::quote(id));
+        field.push(b',');
+        edits.insert(0, (open..open, field));
+    }
+    if edits.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(json::splice(text, &edits)))
 }
 
 fn probe(bytes: &[u8]) -> Result<ResourceInfo, FhirError> {
@@ -640,13 +652,13 @@ fn probe(bytes: &[u8]) -> Result<ResourceInfo, FhirError> {
             }
         }
     }
-    for t in json::strings(bytes) {
+    json::for_each_string(bytes, |t| {
         if json::is_value_of(bytes, &t, "reference") {
             if let Some(r) = json::plain(bytes, &t.span) {
                 info.references.push(r.to_owned());
             }
         }
-    }
+    });
     Ok(info)
 }
 
