@@ -49,6 +49,7 @@ pub mod apply;
 mod attachment;
 pub mod audit;
 pub mod consent;
+pub mod emergency;
 mod error;
 pub mod fhir;
 pub mod invite;
