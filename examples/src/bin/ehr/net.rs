@@ -213,11 +213,18 @@ pub(crate) async fn join_lan(
             "cannot start LAN discovery ({e}): use --peer HOST:PORT instead"
         ))
     };
-    let keypair = KeyPair::generate(&mut OsEntropy).map_err(|e| lan(&e))?;
+    // The record's network identity, and its firewall: only the owner and
+    // live grants' identities get a connection. A provider that has not
+    // synced yet does not know the patient's identity, and holds nothing
+    // to protect, so it lets anyone of the topic in until it has synced.
+    let keypair = KeyPair::from_seed(record.identity().seed());
+    let fresh = record.patient_id().is_empty();
+    let mut firewall = record.firewall();
     let mdns =
         MdnsDiscovery::bind(MdnsConfig::default(), Arc::new(SystemClock)).map_err(|e| lan(&e))?;
     let any: std::net::SocketAddr = ([0, 0, 0, 0], 0).into();
     let (handle, mut conns, driver) = SwarmBuilder::new(keypair)
+        .firewall(move |peer| fresh || firewall(peer))
         .bind(TcpTransport, mdns, &any)
         .await
         .map_err(|e| lan(&e))?;
