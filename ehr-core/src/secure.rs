@@ -20,7 +20,7 @@ use crate::keys::{b64_decode, b64_encode, open, seal, Identity, IdentityPublic};
 use crate::op::WriterKey;
 use crate::record::{Query, Record, Written};
 use crate::scope_crypto::{
-    check_scope, open_resource, seal_resource, sealed_info, Keyring, ScopeKey, SealError,
+    check_scope, open_resource, seal_resource, Keyring, ScopeKey, SealError,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -364,11 +364,9 @@ impl SecureRecord {
     /// Opens stored bytes: sealed shells are decrypted (refreshing the
     /// keyring once if the key is missing), clear resources pass through.
     pub async fn open_stored(&self, stored: &[u8]) -> Result<Vec<u8>, Error> {
-        if sealed_info(stored).is_none() {
-            return Ok(stored.to_vec());
-        }
         let first = open_resource(&self.ring(), stored);
         match first {
+            Err(SealError::NotSealed) => Ok(stored.to_vec()),
             Err(SealError::NoKey { .. }) => {
                 self.refresh_keys().await?;
                 Ok(open_resource(&self.ring(), stored)?)
