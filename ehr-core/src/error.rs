@@ -35,6 +35,10 @@ pub enum Error {
     /// Storage failed (I/O, or a corrupt log).
     #[error("storage: {0}")]
     Storage(String),
+    /// Encryption: a missing scope key, a wrong key, a tampered or
+    /// misplaced ciphertext.
+    #[error("{0}")]
+    Sealed(#[from] crate::scope_crypto::SealError),
 }
 
 impl From<KvError> for Error {

@@ -47,22 +47,30 @@
 
 pub mod apply;
 mod attachment;
+pub mod audit;
 pub mod consent;
+pub mod emergency;
 mod error;
 pub mod fhir;
+pub mod invite;
 mod json;
+pub mod keys;
 pub mod op;
 mod record;
+pub mod scope_crypto;
+mod secure;
 mod sync;
 mod view;
 
 pub use attachment::{Attachment, ATTACHMENT_SCHEME};
 pub use consent::{Grant, Role, Scope};
 pub use error::Error;
+pub use invite::{Invite, InviteError, Redemption};
 pub use record::{
     Clock, Cursor, Head, Imported, ManualClock, Page, Query, Record, RecordBuilder, RejectedWrite,
     Summary, SystemClock, Version, Written, VIEW_NAME,
 };
+pub use secure::{KeyWrap, Rotation, SecureRecord, KEYWRAP_SYSTEM, KEYWRAP_URL};
 pub use view::{hex, VIEW_FORMAT};
 
 /// Storage for records: hypercore-rs's storage trait and its in-memory and

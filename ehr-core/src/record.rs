@@ -296,8 +296,8 @@ pub(crate) struct Inner {
     /// This device's attachments drive, opened on first use.
     pub(crate) drive: AsyncMutex<Option<hyperdrive_rs::Drive>>,
     base: Autobase,
-    clock: Arc<dyn Clock>,
-    entropy: Arc<dyn Entropy>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) entropy: Arc<dyn Entropy>,
     write: AsyncMutex<()>,
     genesis: std::sync::Mutex<Option<GenesisRec>>,
 }

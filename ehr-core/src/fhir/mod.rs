@@ -216,7 +216,7 @@ pub struct Resource {
 }
 
 /// The fields in the order they are tried for the clinical date.
-const DATE_FIELDS: &[&str] = &[
+pub(crate) const DATE_FIELDS: &[&str] = &[
     "effectiveDateTime",
     "effectiveInstant",
     "effectivePeriod",

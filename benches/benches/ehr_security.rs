@@ -1,0 +1,115 @@
+//! Criterion benchmarks of ehr-core security: encrypt+write and
+//! read+decrypt of one resource against the plain record, and key rotation
+//! for a record with 20 grantees and `EHR_ROTATION_RESOURCES` (default
+//! 100,000) sealed resources (rotation must not touch history).
+
+// A benchmark aborts on a setup failure: that is the right outcome here.
+#![allow(clippy::expect_used, missing_docs)]
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use ehr_core::keys::Identity;
+use ehr_core::scope_crypto::seal_resource;
+use ehr_core::{Record, SecureRecord};
+use futures::executor::block_on;
+use hypercore_rs::{MemoryStorage, OsEntropy, SeededEntropy};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+fn record() -> Record {
+    block_on(
+        Record::builder(Arc::new(MemoryStorage::new()))
+            .entropy(Arc::new(SeededEntropy::new(1)))
+            .create("p"),
+    )
+    .expect("record")
+}
+
+fn obs(i: u64) -> Vec<u8> {
+    format!(
+        r#"{{"resourceType":"Observation","id":"o{i}","status":"final","subject":{{"reference":"Patient/p"}},"code":{{"coding":[{{"system":"http://loinc.org","code":"8480-6","display":"Systolic blood pressure"}}]}},"effectiveDateTime":"2024-05-01T08:00:00+02:00","valueQuantity":{{"value":120.5,"unit":"mm[Hg]","system":"http://unitsofmeasure.org","code":"mm[Hg]"}},"note":[{{"text":"measured at rest, left arm, seated, after five minutes"}}]}}"#
+    )
+    .into_bytes()
+}
+
+fn put_get(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ehr-security");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(30);
+    let plain = record();
+    let n = AtomicU64::new(0);
+    g.bench_function("put/plain", |b| {
+        b.iter(|| block_on(plain.put(obs(n.fetch_add(1, Ordering::Relaxed)))).expect("put"))
+    });
+    let secure = SecureRecord::new(record());
+    let m = AtomicU64::new(0);
+    g.bench_function("put/sealed", |b| {
+        b.iter(|| {
+            block_on(secure.put("default", obs(m.fetch_add(1, Ordering::Relaxed)))).expect("put")
+        })
+    });
+    g.bench_function("get/plain", |b| {
+        b.iter(|| block_on(plain.get("Observation", "o1")).expect("get"))
+    });
+    g.bench_function("get/sealed", |b| {
+        b.iter(|| block_on(secure.get("Observation", "o1")).expect("get"))
+    });
+    g.finish();
+}
+
+fn rotation(c: &mut Criterion) {
+    let n = ehr_benches::env_usize("EHR_ROTATION_RESOURCES", 100_000) as u64;
+    let secure = SecureRecord::new(record());
+    block_on(secure.put("default", obs(0))).expect("first");
+    let key = secure.keyring().current("default").expect("key").clone();
+    let t = std::time::Instant::now();
+    let mut i = 1;
+    while i < n {
+        let mut entries = Vec::new();
+        for j in i..(i + 500).min(n) {
+            let shell = seal_resource(&key, &obs(j), &OsEntropy).expect("seal");
+            entries.push(format!(
+                "{{\"resource\":{}}}",
+                String::from_utf8(shell).expect("utf8")
+            ));
+        }
+        let bundle = format!(
+            "{{\"resourceType\":\"Bundle\",\"type\":\"collection\",\"entry\":[{}]}}",
+            entries.join(",")
+        );
+        block_on(secure.record().import_bundle(bundle.as_bytes())).expect("fill");
+        i += 500;
+    }
+    eprintln!(
+        "filled {n} sealed resources in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    for k in 0..20u8 {
+        let id = Identity::from_seed([k + 1; 32]).public();
+        block_on(secure.share(id, None, &["default"])).expect("share");
+    }
+    let mut g = c.benchmark_group("ehr-security");
+    g.sample_size(10);
+    let next = AtomicU64::new(100);
+    g.bench_function("rotate/20-grantees", |b| {
+        b.iter_batched(
+            || {
+                // A 21st grantee to rotate away; the 20 others stay.
+                let s = next.fetch_add(1, Ordering::Relaxed);
+                let mut seed = [0u8; 32];
+                seed[..8].copy_from_slice(&s.to_le_bytes());
+                let id = Identity::from_seed(seed).public();
+                block_on(secure.share(id, None, &["default"])).expect("share");
+                id
+            },
+            |id| {
+                let r = block_on(secure.rotate_away(&[id])).expect("rotate");
+                assert_eq!(r.wraps, 21, "20 grantees and the owner");
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, put_get, rotation);
+criterion_main!(benches);

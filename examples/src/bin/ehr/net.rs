@@ -1,0 +1,256 @@
+//! Peers: a record replicates over TCP, each connection authenticated and
+//! encrypted with swarm-rs's Noise stream; LAN peers are found with mDNS
+//! (only the record's discovery key is announced).
+
+use crate::CliError;
+use async_net::{TcpListener, TcpStream};
+use ehr_core::Record;
+use futures::future::{AbortHandle, Abortable};
+use futures::task::{LocalSpawn, LocalSpawnExt};
+use futures::{SinkExt, StreamExt};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use swarm_rs::{KeyPair, OsEntropy, Role, SecureConfig, SecureStream, SystemClock};
+
+/// How long a dial may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn to_io(e: swarm_rs::StreamError) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+/// Runs the Noise handshake on `tcp`, then replicates `record` over it
+/// until either side closes.
+pub(crate) async fn replicate_tcp(
+    record: Record,
+    tcp: TcpStream,
+    initiator: bool,
+) -> Result<(), String> {
+    let _ = tcp.set_nodelay(true);
+    // This device's stable network identity (derived from its storage):
+    // what grants name and firewalls check.
+    let keypair = record.identity();
+    let role = if initiator {
+        Role::Initiator
+    } else {
+        Role::Responder
+    };
+    let secure = SecureStream::handshake(
+        tcp,
+        role,
+        &keypair,
+        SecureConfig::default(),
+        &mut OsEntropy,
+        Arc::new(SystemClock),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    // Firewall: whoever dials in must be named by the record (the owner,
+    // or a live grant's identity). The dialer chose its peer's address
+    // itself and the record's rules still check every write.
+    if !initiator {
+        let remote = secure
+            .remote_public_key()
+            .map(|k| k.to_bytes())
+            .unwrap_or_default();
+        record.update().await.map_err(|e| e.to_string())?;
+        if !record.allows_peer(&remote) {
+            return Err(format!(
+                "refused {}: no grant names this identity (`ehr grants add WRITER --identity ID`)",
+                ehr_examples::hex(&remote)
+            ));
+        }
+    }
+    let io = secure
+        .sink_map_err(to_io)
+        .map(|r: Result<Vec<u8>, swarm_rs::StreamError>| r.map_err(to_io));
+    record
+        .replicate(io, initiator)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Dials `addr` (bounded by [`DIAL_TIMEOUT`]).
+pub(crate) async fn dial(addr: &str) -> Result<TcpStream, CliError> {
+    let connect = TcpStream::connect(addr.to_owned());
+    let timeout = async {
+        async_io::Timer::after(DIAL_TIMEOUT).await;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "timed out",
+        ))
+    };
+    futures::pin_mut!(connect);
+    futures::pin_mut!(timeout);
+    match futures::future::select(connect, timeout).await {
+        futures::future::Either::Left((r, _)) | futures::future::Either::Right((r, _)) => {
+            r.map_err(|e| CliError::Unreachable(addr.to_owned(), e.to_string()))
+        }
+    }
+}
+
+/// Live replication sessions, stoppable as a group (a peer going offline).
+#[derive(Default)]
+pub(crate) struct Sessions {
+    handles: Vec<AbortHandle>,
+    pub(crate) live: Arc<AtomicUsize>,
+    pub(crate) ever: Arc<AtomicUsize>,
+}
+
+impl Sessions {
+    /// Replicates `record` over `tcp` on `spawner`.
+    pub(crate) fn start(
+        &mut self,
+        spawner: &impl LocalSpawn,
+        record: Record,
+        tcp: TcpStream,
+        initiator: bool,
+        verbose: bool,
+    ) -> Result<(), CliError> {
+        let (handle, reg) = AbortHandle::new_pair();
+        self.handles.push(handle);
+        let live = self.live.clone();
+        self.ever.fetch_add(1, Ordering::SeqCst);
+        live.fetch_add(1, Ordering::SeqCst);
+        let peer = tcp
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "?".into());
+        if verbose {
+            eprintln!("peer {peer} connected");
+        }
+        let task = async move {
+            let r = Abortable::new(replicate_tcp(record, tcp, initiator), reg).await;
+            live.fetch_sub(1, Ordering::SeqCst);
+            if verbose {
+                match r {
+                    Ok(Err(e)) => eprintln!("peer {peer} gone: {e}"),
+                    _ => eprintln!("peer {peer} gone"),
+                }
+            }
+        };
+        spawner
+            .spawn_local(task)
+            .map_err(|e| CliError::Other(format!("cannot start replication: {e}")))
+    }
+
+    /// Closes every session (dropping the TCP connections).
+    pub(crate) fn stop_all(&mut self) {
+        for h in self.handles.drain(..) {
+            h.abort();
+        }
+    }
+}
+
+/// Accepts peers on `listener` forever, replicating `record` with each.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    record: Record,
+    sessions: Arc<std::sync::Mutex<Sessions>>,
+    spawner: futures::executor::LocalSpawner,
+    verbose: bool,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, _)) => {
+                if let Ok(mut s) = sessions.lock() {
+                    let _ = s.start(&spawner, record.clone(), tcp, false, verbose);
+                }
+            }
+            Err(_) => {
+                async_io::Timer::after(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// A fingerprint of what this peer holds: the view version and every
+/// writer's log length.
+pub(crate) async fn state(record: &Record) -> Result<(u64, Vec<([u8; 32], u64)>), CliError> {
+    Ok((record.view_version().await?, record.base().heads().await))
+}
+
+/// Pulls in what replication brought until `done` holds, polling every
+/// 20 ms, at most `limit`.
+pub(crate) async fn settle<F, Fut>(
+    records: &[&Record],
+    limit: Duration,
+    mut done: F,
+) -> Result<(), CliError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        for r in records {
+            r.update().await?;
+        }
+        if done().await {
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            return Err(CliError::Other(format!(
+                "peers did not converge within {limit:?}"
+            )));
+        }
+        async_io::Timer::after(Duration::from_millis(20)).await;
+    }
+}
+
+/// Joins the LAN (mDNS) under the record's discovery key and replicates
+/// with every peer found. Returns the swarm handle (dropping it leaves).
+pub(crate) async fn join_lan(
+    record: &Record,
+    spawner: &futures::executor::LocalSpawner,
+    live: Arc<AtomicUsize>,
+    ever: Arc<AtomicUsize>,
+) -> Result<swarm_rs::SwarmHandle, CliError> {
+    use swarm_rs::{JoinMode, MdnsConfig, MdnsDiscovery, SwarmBuilder, TcpTransport, Topic};
+    let lan = |e: &dyn std::fmt::Display| {
+        CliError::Other(format!(
+            "cannot start LAN discovery ({e}): use --peer HOST:PORT instead"
+        ))
+    };
+    // The record's network identity, and its firewall: only the owner and
+    // live grants' identities get a connection. A provider that has not
+    // synced yet does not know the patient's identity, and holds nothing
+    // to protect, so it lets anyone of the topic in until it has synced.
+    let keypair = KeyPair::from_seed(record.identity().seed());
+    let fresh = record.patient_id().is_empty();
+    let mut firewall = record.firewall();
+    let mdns =
+        MdnsDiscovery::bind(MdnsConfig::default(), Arc::new(SystemClock)).map_err(|e| lan(&e))?;
+    let any: std::net::SocketAddr = ([0, 0, 0, 0], 0).into();
+    let (handle, mut conns, driver) = SwarmBuilder::new(keypair)
+        .firewall(move |peer| fresh || firewall(peer))
+        .bind(TcpTransport, mdns, &any)
+        .await
+        .map_err(|e| lan(&e))?;
+    spawner.spawn_local(driver).map_err(|e| lan(&e))?;
+    // The topic is the record's discovery key; the swarm announces only a
+    // hash of it.
+    handle
+        .join(&Topic(record.discovery_key()), JoinMode::BOTH)
+        .map_err(|e| lan(&e))?;
+    let record = record.clone();
+    let inner = spawner.clone();
+    spawner
+        .spawn_local(async move {
+            while let Some(conn) = conns.next().await {
+                let record = record.clone();
+                let initiator = conn.is_initiator();
+                let live = live.clone();
+                ever.fetch_add(1, Ordering::SeqCst);
+                live.fetch_add(1, Ordering::SeqCst);
+                eprintln!("LAN peer {} connected", conn.remote_public_key());
+                let _ = inner.spawn_local(async move {
+                    let _ = record.replicate(conn, initiator).await;
+                    live.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        })
+        .map_err(|e| lan(&e))?;
+    Ok(handle)
+}
