@@ -57,7 +57,9 @@ impl KeyWrap {
         )
     }
 
-    fn to_resource(&self, patient: &str) -> serde_json::Value {
+    /// The `Basic` resource that carries this wrap in the record of
+    /// patient `patient`.
+    pub fn to_resource(&self, patient: &str) -> serde_json::Value {
         let payload = b64_encode(&postcard::to_stdvec(self).unwrap_or_default());
         serde_json::json!({
             "resourceType": "Basic",
