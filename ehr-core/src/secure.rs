@@ -189,6 +189,19 @@ impl SecureRecord {
         self.ring().clone()
     }
 
+    /// This device's secret identity.
+    pub(crate) fn identity_secret(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Adds keys (from a locked key file or a vault) to the keyring.
+    pub fn add_keys(&self, keys: Keyring) {
+        let mut ring = self.ring();
+        for k in keys.iter() {
+            ring.insert(k.clone());
+        }
+    }
+
     fn ring(&self) -> std::sync::MutexGuard<'_, Keyring> {
         self.keyring
             .lock()
