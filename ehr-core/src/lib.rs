@@ -55,6 +55,7 @@ pub mod fhir;
 pub mod invite;
 mod json;
 pub mod keys;
+pub mod keystore;
 pub mod op;
 mod record;
 pub mod scope_crypto;

@@ -57,7 +57,9 @@ impl KeyWrap {
         )
     }
 
-    fn to_resource(&self, patient: &str) -> serde_json::Value {
+    /// The `Basic` resource that carries this wrap in the record of
+    /// patient `patient`.
+    pub fn to_resource(&self, patient: &str) -> serde_json::Value {
         let payload = b64_encode(&postcard::to_stdvec(self).unwrap_or_default());
         serde_json::json!({
             "resourceType": "Basic",
@@ -185,6 +187,19 @@ impl SecureRecord {
     /// A copy of the scope keys this device holds.
     pub fn keyring(&self) -> Keyring {
         self.ring().clone()
+    }
+
+    /// This device's secret identity.
+    pub(crate) fn identity_secret(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Adds keys (from a locked key file or a vault) to the keyring.
+    pub fn add_keys(&self, keys: Keyring) {
+        let mut ring = self.ring();
+        for k in keys.iter() {
+            ring.insert(k.clone());
+        }
     }
 
     fn ring(&self) -> std::sync::MutexGuard<'_, Keyring> {

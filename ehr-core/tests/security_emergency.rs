@@ -105,3 +105,32 @@ async fn card_opens_emergency_scope_once_then_is_rotated_away() {
     clock.set(5_000);
     assert_eq!(patient.expire_cards(&[card2.public()]).await.unwrap(), 1);
 }
+
+#[tokio::test]
+async fn locked_secrets_reopen_a_device() {
+    use ehr_core::keystore::{lock, unlock, KdfParams};
+    let storage = Arc::new(MemoryStorage::new());
+    let patient = SecureRecord::new(Record::builder(storage.clone()).create("p").await.unwrap());
+    patient.put("emergency", ALLERGY.to_vec()).await.unwrap();
+    let file = lock(
+        &patient.secrets(),
+        b"passphrase",
+        KdfParams::new(256, 1, 1),
+        &hypercore_rs::OsEntropy,
+    )
+    .unwrap();
+    assert!(unlock(&file, b"other").is_err());
+    let back = SecureRecord::with_secrets(
+        patient.record().clone(),
+        unlock(&file, b"passphrase").unwrap(),
+    );
+    assert_eq!(back.identity(), patient.identity());
+    assert_eq!(back.keyring(), patient.keyring());
+    assert_eq!(
+        back.get("AllergyIntolerance", "peanut")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(ALLERGY)
+    );
+}
