@@ -61,6 +61,7 @@ mod record;
 pub mod scope_crypto;
 mod secure;
 mod sync;
+pub use sync::SyncHandle;
 mod view;
 
 pub use attachment::{Attachment, ATTACHMENT_SCHEME};

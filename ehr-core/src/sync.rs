@@ -18,7 +18,34 @@ use futures::stream::FuturesUnordered;
 use futures::{Sink, Stream, StreamExt};
 use hyperbee_rs::Range;
 use std::collections::BTreeSet;
-use swarm_rs::{KeyPair, PeerConnection, PublicKey, Topic};
+use std::future::Future;
+use swarm_rs::{
+    Discovery, JoinMode, KeyPair, PeerConnection, PublicKey, SwarmBuilder, SwarmHandle, Topic,
+    Transport,
+};
+
+/// A running [`Record::sync`]: while it is held, the device announces and
+/// looks up the record's topic. Dropping it (or [`SyncHandle::leave`]) stops
+/// announcing; connections already made end when the sync future is dropped.
+#[derive(Debug)]
+pub struct SyncHandle {
+    swarm: SwarmHandle,
+    topic: Topic,
+}
+
+impl SyncHandle {
+    /// The swarm handle (the local address, joining other topics, ...).
+    pub fn swarm(&self) -> &SwarmHandle {
+        &self.swarm
+    }
+
+    /// Stops announcing and looking up the record's topic.
+    pub fn leave(&self) -> Result<(), Error> {
+        self.swarm
+            .leave(&self.topic)
+            .map_err(|e| Error::Storage(format!("swarm stopped: {e}")))
+    }
+}
 
 /// The identities the firewall lets in.
 #[derive(Debug, Default)]
@@ -101,6 +128,66 @@ impl Record {
             a.from_record = ids;
         }
         Ok(())
+    }
+
+    /// Joins the record's topic on `transport` and `discovery` (any swarm-rs
+    /// [`Transport`] and [`Discovery`]: in-memory for tests, TCP with
+    /// mDNS, a folder or the DHT on real networks), as both server and client,
+    /// with this device's network identity and the record's firewall, and
+    /// replicates with every peer the firewall lets in.
+    ///
+    /// Only the topic (the record's discovery key, hashed again by the
+    /// swarm) is announced, never the record key. Returns the handle and the
+    /// future that does the work: spawn it on any executor (it ends when the
+    /// swarm stops). Offline writes reach the other side once peers meet;
+    /// call [`Record::update`] (or read) to apply what arrived.
+    pub async fn sync<T, D>(
+        &self,
+        transport: T,
+        discovery: D,
+        addr: &T::Address,
+    ) -> Result<
+        (
+            SyncHandle,
+            impl Future<Output = Result<(), Error>> + 'static,
+        ),
+        Error,
+    >
+    where
+        T: Transport + 'static,
+        T::Listener: 'static,
+        D: Discovery<Address = T::Address> + 'static,
+        PeerConnection<T::Stream>: Stream<Item = std::io::Result<Vec<u8>>>
+            + Sink<Vec<u8>, Error = std::io::Error>
+            + Send
+            + 'static,
+    {
+        self.refresh_firewall().await?;
+        let (swarm, connections, driver) = SwarmBuilder::new(self.identity())
+            .firewall(self.firewall())
+            .bind(transport, discovery, addr)
+            .await
+            .map_err(|e| Error::Storage(format!("cannot listen: {e}")))?;
+        let topic = self.topic();
+        swarm
+            .join(
+                &topic,
+                JoinMode {
+                    server: true,
+                    client: true,
+                },
+            )
+            .map_err(|e| Error::Storage(format!("swarm stopped: {e}")))?;
+        let record = self.clone();
+        let work = async move {
+            let serve = record.serve(connections);
+            futures::pin_mut!(serve);
+            match futures::future::select(driver, serve).await {
+                futures::future::Either::Left(((), _)) => Ok(()),
+                futures::future::Either::Right((r, _)) => r,
+            }
+        };
+        Ok((SyncHandle { swarm, topic }, work))
     }
 
     /// Replicates the record with every connection `connections` yields

@@ -114,3 +114,74 @@ fn granted_peers_sync_and_strangers_are_refused() {
         assert!(stranger.get("Observation", "o1").await.unwrap().is_none());
     });
 }
+
+/// `Record::sync` does the swarm plumbing itself: a granted doctor and the
+/// patient meet on the topic and converge; leaving the topic stops new
+/// meetings (a device that syncs only after the patient left finds nobody).
+#[test]
+fn record_sync_joins_the_topic_and_replicates() {
+    let mut pool = LocalPool::new();
+    let spawner = pool.spawner();
+    let (net, discovery) = (MemoryNetwork::new(), MemoryDiscovery::new());
+    pool.run_until(async {
+        let mem = || Record::builder(Arc::new(MemoryStorage::new()));
+        let patient = mem().create("p").await.unwrap();
+        patient.put(OBS.to_vec()).await.unwrap();
+        let doctor = mem().join(patient.key()).await.unwrap();
+        doctor.allow_peer(patient.identity().public_key().to_bytes());
+        patient
+            .grant(
+                doctor.writer_key(),
+                Grant::new(Role::Practitioner, &["patient/*.cruds"])
+                    .unwrap()
+                    .with_peer(doctor.identity().public_key().to_bytes()),
+            )
+            .await
+            .unwrap();
+        let mut handles = Vec::new();
+        for rec in [&patient, &doctor] {
+            let (handle, work) = rec
+                .sync(net.transport(), discovery.clone(), &MemoryAddr(0))
+                .await
+                .unwrap();
+            spawner
+                .spawn_local(async move {
+                    let _ = work.await;
+                })
+                .unwrap();
+            handles.push(handle);
+        }
+        let mut rounds = 0;
+        while !(doctor.writable().await && doctor.get("Observation", "o1").await.unwrap().is_some())
+        {
+            for r in [&patient, &doctor] {
+                r.update().await.unwrap();
+            }
+            YieldNow(false).await;
+            rounds += 1;
+            assert!(rounds < 50_000, "doctor never synced through Record::sync");
+        }
+        let got = doctor.get("Observation", "o1").await.unwrap().unwrap();
+        assert_eq!(
+            got.resource.as_deref(),
+            Some(OBS),
+            "bytes differ after sync"
+        );
+        let cond = br#"{"resourceType":"Condition","id":"c1","subject":{"reference":"Patient/p"}}"#;
+        doctor.put(cond.to_vec()).await.unwrap();
+        while patient.get("Condition", "c1").await.unwrap().is_none() {
+            for r in [&patient, &doctor] {
+                r.update().await.unwrap();
+            }
+            YieldNow(false).await;
+            rounds += 1;
+            assert!(
+                rounds < 100_000,
+                "patient never received the doctor's write"
+            );
+        }
+        for h in &handles {
+            h.leave().unwrap();
+        }
+    });
+}
