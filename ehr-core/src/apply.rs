@@ -106,6 +106,11 @@ pub struct Node<'a> {
     pub value: &'a [u8],
 }
 
+/// " (Bundle entry N)" for an import's failing entry, nothing otherwise.
+fn entry_suffix(entry: Option<u32>) -> String {
+    entry.map_or_else(String::new, |i| format!(" (Bundle entry {i})"))
+}
+
 /// Why a write was refused. Recorded in the view; the same on every peer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[non_exhaustive]
@@ -120,7 +125,7 @@ pub enum Rejection {
     #[error("the record already has a genesis")]
     GenesisTwice,
     /// The consent check refused it.
-    #[error("{denied} (entry {entry:?})")]
+    #[error("{denied}{}", entry_suffix(*entry))]
     Denied {
         /// Why.
         denied: Denied,
@@ -128,7 +133,7 @@ pub enum Rejection {
         entry: Option<u32>,
     },
     /// The resource is not acceptable (FHIR checks, patient).
-    #[error("invalid resource (entry {entry:?}): {reason}")]
+    #[error("invalid resource{}: {reason}", entry_suffix(*entry))]
     Invalid {
         /// Why.
         reason: String,
@@ -574,4 +579,27 @@ async fn write<K: Kv + ?Sized>(kv: &mut K, ctx: &Ctx, w: Write) -> Result<(), Kv
         },
     };
     kv.put(&view::head_key(ty, id), &encode(&head)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consent::Denied;
+
+    #[test]
+    fn rejections_name_the_bundle_entry_only_when_there_is_one() {
+        let single = Rejection::Denied {
+            denied: Denied::Revoked,
+            entry: None,
+        };
+        assert_eq!(single.to_string(), "the writer's grant was revoked");
+        let import = Rejection::Invalid {
+            reason: "bad id".into(),
+            entry: Some(3),
+        };
+        assert_eq!(
+            import.to_string(),
+            "invalid resource (Bundle entry 3): bad id"
+        );
+    }
 }
