@@ -170,13 +170,7 @@ impl Record {
             .map_err(|e| Error::Storage(format!("cannot listen: {e}")))?;
         let topic = self.topic();
         swarm
-            .join(
-                &topic,
-                JoinMode {
-                    server: true,
-                    client: true,
-                },
-            )
+            .join(&topic, JoinMode::BOTH)
             .map_err(|e| Error::Storage(format!("swarm stopped: {e}")))?;
         let record = self.clone();
         let work = async move {

@@ -29,6 +29,25 @@ impl Future for YieldNow {
     }
 }
 
+/// Updates `peers` and yields until `done` holds; fails the test with
+/// `what` if it never does.
+async fn pump_until<F, Fut>(peers: &[&Record], mut done: F, what: &str)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    for _ in 0..100_000 {
+        if done().await {
+            return;
+        }
+        for r in peers {
+            r.update().await.unwrap();
+        }
+        YieldNow(false).await;
+    }
+    panic!("{what}");
+}
+
 const OBS: &[u8] = br#"{"resourceType":"Observation","id":"o1","status":"final","subject":{"reference":"Patient/p"},"valueQuantity":{"value":1.50}}"#;
 
 #[test]
@@ -80,31 +99,24 @@ fn granted_peers_sync_and_strangers_are_refused() {
                 })
                 .unwrap();
         }
-        let mut rounds = 0;
-        while !(doctor.writable().await && doctor.get("Observation", "o1").await.unwrap().is_some())
-        {
-            for r in [&patient, &doctor, &stranger] {
-                r.update().await.unwrap();
-            }
-            YieldNow(false).await;
-            rounds += 1;
-            assert!(rounds < 50_000, "doctor never synced");
-        }
+        pump_until(
+            &[&patient, &doctor, &stranger],
+            || async {
+                doctor.writable().await && doctor.get("Observation", "o1").await.unwrap().is_some()
+            },
+            "doctor never synced",
+        )
+        .await;
         assert_eq!(doctor.patient_id(), "p");
         // The doctor writes; the patient gets it over the swarm.
         let cond = br#"{"resourceType":"Condition","id":"c1","subject":{"reference":"Patient/p"}}"#;
         doctor.put(cond.to_vec()).await.unwrap();
-        while patient.get("Condition", "c1").await.unwrap().is_none() {
-            for r in [&patient, &doctor, &stranger] {
-                r.update().await.unwrap();
-            }
-            YieldNow(false).await;
-            rounds += 1;
-            assert!(
-                rounds < 100_000,
-                "patient never received the doctor's write"
-            );
-        }
+        pump_until(
+            &[&patient, &doctor, &stranger],
+            || async { patient.get("Condition", "c1").await.unwrap().is_some() },
+            "patient never received the doctor's write",
+        )
+        .await;
         // The stranger knows the key but nobody lets it in: it has nothing.
         for _ in 0..200 {
             stranger.update().await.unwrap();
@@ -151,16 +163,14 @@ fn record_sync_joins_the_topic_and_replicates() {
                 .unwrap();
             handles.push(handle);
         }
-        let mut rounds = 0;
-        while !(doctor.writable().await && doctor.get("Observation", "o1").await.unwrap().is_some())
-        {
-            for r in [&patient, &doctor] {
-                r.update().await.unwrap();
-            }
-            YieldNow(false).await;
-            rounds += 1;
-            assert!(rounds < 50_000, "doctor never synced through Record::sync");
-        }
+        pump_until(
+            &[&patient, &doctor],
+            || async {
+                doctor.writable().await && doctor.get("Observation", "o1").await.unwrap().is_some()
+            },
+            "doctor never synced through Record::sync",
+        )
+        .await;
         let got = doctor.get("Observation", "o1").await.unwrap().unwrap();
         assert_eq!(
             got.resource.as_deref(),
@@ -169,17 +179,12 @@ fn record_sync_joins_the_topic_and_replicates() {
         );
         let cond = br#"{"resourceType":"Condition","id":"c1","subject":{"reference":"Patient/p"}}"#;
         doctor.put(cond.to_vec()).await.unwrap();
-        while patient.get("Condition", "c1").await.unwrap().is_none() {
-            for r in [&patient, &doctor] {
-                r.update().await.unwrap();
-            }
-            YieldNow(false).await;
-            rounds += 1;
-            assert!(
-                rounds < 100_000,
-                "patient never received the doctor's write"
-            );
-        }
+        pump_until(
+            &[&patient, &doctor],
+            || async { patient.get("Condition", "c1").await.unwrap().is_some() },
+            "patient never received the doctor's write",
+        )
+        .await;
         for h in &handles {
             h.leave().unwrap();
         }

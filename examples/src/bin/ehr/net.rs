@@ -11,7 +11,7 @@ use futures::{SinkExt, StreamExt};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use swarm_rs::{KeyPair, OsEntropy, Role, SecureConfig, SecureStream, SystemClock};
+use swarm_rs::{OsEntropy, Role, SecureConfig, SecureStream, SystemClock};
 
 /// How long a dial may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -217,7 +217,7 @@ pub(crate) async fn join_lan(
     // live grants' identities get a connection. A provider that has not
     // synced yet does not know the patient's identity, and holds nothing
     // to protect, so it lets anyone of the topic in until it has synced.
-    let keypair = KeyPair::from_seed(record.identity().seed());
+    let keypair = record.identity();
     let fresh = record.patient_id().is_empty();
     let mut firewall = record.firewall();
     let mdns =
