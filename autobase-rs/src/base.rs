@@ -296,6 +296,9 @@ struct State {
     proofs: HashMap<[u8; 32], Equivocation>,
     /// Writers this peer already wrote evidence against (this session).
     evidence_written: HashSet<[u8; 32]>,
+    /// Whether the last pull left a block waiting on another fork of a
+    /// writer that is not cut yet.
+    fork_blocked: bool,
     applied: Vec<Applied>,
     base_host: Arc<Host>,
     base_views: Arc<Vec<ViewMark>>,
@@ -543,6 +546,7 @@ impl AutobaseBuilder {
                 tips,
                 proofs: HashMap::new(),
                 evidence_written: HashSet::new(),
+                fork_blocked: false,
                 applied: Vec::new(),
                 base_host: Arc::new(host),
                 base_views: Arc::new(marks),
@@ -946,6 +950,17 @@ impl Autobase {
         Ok(true)
     }
 
+    /// Whether this peer holds nodes on a fork of a writer that is not cut
+    /// yet, and blocks of others wait on another fork of it. The peers on
+    /// the fork that gets indexed cut the writer on their own; a peer left
+    /// on the other fork cannot read their nodes until it starts from a
+    /// checkpoint past the cut: call [`Autobase::fast_forward_from_peers`]
+    /// when this holds.
+    pub async fn needs_fast_forward(&self) -> bool {
+        let st = self.inner.state.lock().await;
+        st.fork_blocked && st.proofs.keys().any(|w| st.base_host.cut(w).is_none())
+    }
+
     /// The proofs of forked inputs this peer holds (read or heard), by
     /// writer key.
     pub async fn equivocations(&self) -> Vec<Equivocation> {
@@ -994,6 +1009,9 @@ impl Autobase {
             + 'static,
     {
         let mut options = ReplicateOptions::new(initiator);
+        // A writer that forks its input makes honest peers hold conflicting
+        // trees of that one core: drop that core's channel, not the session.
+        options.isolate_invalid_proofs = true;
         if let Some(c) = &self.inner.clock {
             options.clock = c.clone();
         }
@@ -1175,6 +1193,7 @@ impl Autobase {
     /// Reads every input's new blocks into the linearizer, as far as their
     /// heads are known.
     async fn pull(&self, st: &mut State) -> Result<(), Error> {
+        st.fork_blocked = false;
         loop {
             let mut progress = false;
             let ids: Vec<WriterId> = st.inputs.keys().copied().collect();
@@ -1241,6 +1260,7 @@ impl Autobase {
                         // The core moved to another fork under us.
                         let proof = Equivocation::new(vk.to_bytes(), p, ours, other.node());
                         self.found(st, proof).await?;
+                        st.fork_blocked = true;
                     }
                     _ => {}
                 }
@@ -1310,6 +1330,7 @@ impl Autobase {
                         Ok(Some(wk)) if verify_node(&wk, &named.hash, &named.signature) => {
                             let proof = Equivocation::new(wk.to_bytes(), node.seq, o, named);
                             self.found(st, proof).await?;
+                            st.fork_blocked = true;
                             return Ok(false);
                         }
                         Ok(None) => return Ok(false),
@@ -1319,7 +1340,12 @@ impl Autobase {
                         }
                     }
                 }
-                (None, None) => return Ok(false),
+                (None, None) => {
+                    // Not read yet; if the writer is known to fork, its
+                    // core may never hold this fork here.
+                    st.fork_blocked |= st.proofs.contains_key(&h.key);
+                    return Ok(false);
+                }
                 (None, Some(c)) if h.length <= c.at => return Ok(false),
                 (_, Some(c)) => {
                     // A node of a cut writer past its cut, or on a fork that
