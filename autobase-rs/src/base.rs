@@ -1743,6 +1743,37 @@ fn blocks_message(id: &[u8; 32], view: u32, start: u64, blocks: &[Vec<u8>]) -> V
     m
 }
 
+/// Every view's blocks, in view order.
+type ViewBlocks = Vec<Vec<Vec<u8>>>;
+
+/// A request for the checkpoint `id` by a peer that holds the first
+/// `have[v]` blocks of each view `v` of it.
+fn request_message(id: &[u8; 32], have: &[u64]) -> Vec<u8> {
+    let mut m = vec![MSG_REQUEST];
+    m.extend_from_slice(id);
+    m.extend_from_slice(&(have.len() as u32).to_le_bytes());
+    for h in have {
+        m.extend_from_slice(&h.to_le_bytes());
+    }
+    m
+}
+
+/// Decodes a request body (after the type byte): `None` for a plain
+/// request (or a malformed one), which gets everything.
+fn decode_request(b: &[u8]) -> Option<([u8; 32], Vec<u64>)> {
+    let id: [u8; 32] = b.get(..32)?.try_into().ok()?;
+    let n = u32::from_le_bytes(b.get(32..36)?.try_into().ok()?) as usize;
+    let rest = b.get(36..)?;
+    if rest.len() != n.checked_mul(8)? {
+        return None;
+    }
+    let have = rest
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+        .collect();
+    Some((id, have))
+}
+
 /// Decodes a blocks message body (after the type byte); `None` when malformed.
 /// A blocks message: checkpoint id, view index, first block index, blocks.
 type BlocksMessage = ([u8; 32], u32, u64, Vec<Vec<u8>>);
@@ -1802,6 +1833,14 @@ impl Offer {
         }
     }
 
+    /// How many leading blocks of each view are in.
+    fn have(&self) -> Vec<u64> {
+        self.blocks
+            .iter()
+            .map(|v| v.iter().take_while(|b| b.is_some()).count() as u64)
+            .collect()
+    }
+
     /// Every view's blocks, once all are in.
     fn complete(&self) -> Option<Vec<Vec<Vec<u8>>>> {
         if self.blocks.len() != self.signed.checkpoint.views.len() {
@@ -1827,10 +1866,27 @@ impl Autobase {
     pub async fn serve_checkpoints(&self) -> Result<(), Error> {
         let core = self.inner.store.get_by_key(self.inner.key).await?;
         let mut rx = core.extension(CHECKPOINT_EXTENSION);
+        let mut events = Box::pin(self.events()).fuse();
         let mut heard: HashMap<[u8; 32], SignedCheckpoint> = HashMap::new();
-        while let Some((_peer, msg)) = rx.next().await {
-            match msg.split_first() {
-                Some((&MSG_REQUEST, _)) => {}
+        let mut pushed: Option<u64> = None;
+        // The view blocks of the last checkpoint served, by checkpoint id.
+        let mut cache: Option<([u8; 32], ViewBlocks)> = None;
+        self.push_signature(&core, &mut pushed).await;
+        loop {
+            let msg = futures::select! {
+                m = rx.next() => match m {
+                    Some((_peer, msg)) => msg,
+                    None => return Ok(()),
+                },
+                e = events.next() => {
+                    if let Some(Event::Updated { .. }) = e {
+                        self.push_signature(&core, &mut pushed).await;
+                    }
+                    continue;
+                }
+            };
+            let have = match msg.split_first() {
+                Some((&MSG_REQUEST, body)) => decode_request(body),
                 Some((&MSG_EQUIVOCATION, body)) => {
                     if let Ok(p) = Equivocation::decode(body) {
                         self.add_equivocation(p).await?;
@@ -1856,7 +1912,7 @@ impl Autobase {
                     continue;
                 }
                 _ => continue,
-            }
+            };
             let mut signed = match self.sign_checkpoint().await {
                 Ok(s) => s,
                 Err(_) => SignedCheckpoint::unsigned(self.checkpoint().await),
@@ -1871,10 +1927,27 @@ impl Autobase {
             let mut offer = vec![MSG_OFFER];
             offer.extend_from_slice(&signed.encode());
             core.send_extension(CHECKPOINT_EXTENSION, offer);
-            for (v, vc) in signed.checkpoint.views.iter().enumerate() {
-                let blocks = self.view_blocks(&vc.name).await?;
-                let blocks = blocks.get(..vc.length as usize).unwrap_or(&blocks);
-                let mut start = 0usize;
+            if cache.as_ref().is_none_or(|(cid, _)| *cid != id) {
+                let mut views = Vec::with_capacity(signed.checkpoint.views.len());
+                for vc in &signed.checkpoint.views {
+                    let mut blocks = self.view_blocks(&vc.name).await?;
+                    blocks.truncate(vc.length as usize);
+                    views.push(blocks);
+                }
+                cache = Some((id, views));
+            }
+            let Some((_, views)) = &cache else {
+                continue;
+            };
+            // Only what the requester lacks, when it gathers this same
+            // checkpoint; everything otherwise.
+            let have = have.filter(|(rid, _)| *rid == id).map(|(_, h)| h);
+            for (v, blocks) in views.iter().enumerate() {
+                let from = have
+                    .as_ref()
+                    .and_then(|h| h.get(v))
+                    .map_or(0, |&n| usize::try_from(n).unwrap_or(usize::MAX));
+                let mut start = from.min(blocks.len());
                 while start < blocks.len() {
                     let mut end = start;
                     let mut size = 0usize;
@@ -1892,7 +1965,21 @@ impl Autobase {
                 }
             }
         }
-        Ok(())
+    }
+
+    /// Broadcasts this peer's signature over its indexed state (if it is an
+    /// indexer and has not pushed one for this indexed length yet), so
+    /// other indexers and joiners gather a quorum without asking.
+    async fn push_signature(&self, core: &Core, pushed: &mut Option<u64>) {
+        if let Ok(s) = self.sign_checkpoint().await {
+            let length = s.checkpoint.indexed_length;
+            if *pushed != Some(length) {
+                *pushed = Some(length);
+                let mut offer = vec![MSG_OFFER];
+                offer.extend_from_slice(&s.encode());
+                core.send_extension(CHECKPOINT_EXTENSION, offer);
+            }
+        }
     }
 
     /// Asks connected peers (over the replication session, see
@@ -1926,7 +2013,19 @@ impl Autobase {
             // Peers may connect later, and a peer may relay a genuine
             // checkpoint with bad blocks or none: ask again, less and less
             // often (every answer resends the views).
-            core.send_extension(CHECKPOINT_EXTENSION, vec![MSG_REQUEST]);
+            let request = {
+                let st = self.inner.state.lock().await;
+                let trusted = st.base_host.indexer_keys();
+                drop(st);
+                let gathering = offers
+                    .iter()
+                    .find(|(_, o)| o.signed.verify(&self.inner.key, &trusted).is_ok());
+                match gathering {
+                    Some((id, o)) => request_message(id, &o.have()),
+                    None => vec![MSG_REQUEST],
+                }
+            };
+            core.send_extension(CHECKPOINT_EXTENSION, request);
             let mut tick = clock.sleep(retry.min(deadline - now)).fuse();
             retry = (retry * 2).min(std::time::Duration::from_secs(2));
             loop {
