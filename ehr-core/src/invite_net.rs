@@ -68,6 +68,20 @@ pub(crate) fn taken(id: &[u8; 16], first: &[u8]) -> Rejection {
     }
 }
 
+/// 32 hex digits to 16 bytes.
+pub(crate) fn unhex16(s: &str) -> Option<[u8; 16]> {
+    let b = s.as_bytes();
+    if b.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, pair) in b.chunks(2).enumerate() {
+        let t = std::str::from_utf8(pair).ok()?;
+        *out.get_mut(i)? = u8::from_str_radix(t, 16).ok()?;
+    }
+    Some(out)
+}
+
 fn framed(msg: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(INVITE_CHANNEL.len() + msg.len());
     out.extend_from_slice(INVITE_CHANNEL);
@@ -103,6 +117,31 @@ fn io_err(e: impl std::fmt::Display) -> Error {
 }
 
 impl SecureRecord {
+    /// Every invite an owner device issued, with its state (owner devices
+    /// only: the states are sealed under the owner scope).
+    pub async fn invites(&self) -> Result<Vec<crate::invite::InviteState>, Error> {
+        self.refresh_keys().await?;
+        let mut out = Vec::new();
+        let mut q = crate::Query::new("Basic").limit(500);
+        loop {
+            let page = self.record().search(&q).await?;
+            for v in &page.entries {
+                let id = v.target.id.strip_prefix("inv-").and_then(unhex16);
+                if let Some(id) = id {
+                    if let Some(state) = self.invite_state(&id).await? {
+                        out.push(state);
+                    }
+                }
+            }
+            match page.next {
+                Some(c) => q = q.after(c),
+                None => break,
+            }
+        }
+        out.sort_by_key(|s| s.expires);
+        Ok(out)
+    }
+
     /// Decides what a connection from the network identity `remote`, on a
     /// secured channel with `handshake_hash`, may do (see the module docs):
     /// a member replicates; a stranger must open with a redemption, which
@@ -129,6 +168,9 @@ impl SecureRecord {
         let Some(request) = first.strip_prefix(INVITE_CHANNEL) else {
             return Ok(InviteServing::NotAnInvite);
         };
+        // The owner scope's key may have arrived since (another device
+        // created the invite, or this is a fresh process).
+        self.refresh_keys().await?;
         let answer = self
             .answer_invite_from(handshake_hash, request, Some(remote))
             .await;

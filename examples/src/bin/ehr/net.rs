@@ -49,22 +49,25 @@ pub(crate) async fn replicate_tcp(
     // Firewall: whoever dials in must be named by the record (the owner,
     // or a live grant's identity). The dialer chose its peer's address
     // itself and the record's rules still check every write.
-    if !initiator {
-        let remote = secure
-            .remote_public_key()
-            .map(|k| k.to_bytes())
-            .unwrap_or_default();
-        record.update().await.map_err(|e| e.to_string())?;
-        if !record.allows_peer(&remote) {
-            return Err(format!(
-                "refused {}: no grant names this identity (`ehr grants add WRITER --identity ID`)",
-                ehr_examples::hex(&remote)
-            ));
-        }
-    }
-    let io = secure
+    // A peer it does not name gets the invite channel only
+    // (`crate::invite::answer`): redeem an invite or be closed.
+    let remote = secure
+        .remote_public_key()
+        .map(|k| k.to_bytes())
+        .unwrap_or_default();
+    let hh = secure
+        .handshake_hash()
+        .map(|h| h.as_bytes().to_vec())
+        .unwrap_or_default();
+    let mut io = secure
         .sink_map_err(to_io)
         .map(|r: Result<Vec<u8>, swarm_rs::StreamError>| r.map_err(to_io));
+    if !initiator {
+        record.update().await.map_err(|e| e.to_string())?;
+        if !record.allows_peer(&remote) {
+            crate::invite::answer(&record, &mut io, remote, &hh).await?;
+        }
+    }
     record
         .replicate(io, initiator)
         .await
