@@ -405,6 +405,20 @@ pub(crate) async fn join(data: &Path, a: JoinArgs, sp: &LocalSpawner) -> Result<
     Ok(())
 }
 
+/// Dials `addr`, runs the Noise handshake and redeems `invite` for `rec`
+/// (the demo's providers); the connection is closed afterwards: the grant
+/// lets the provider's later connections in.
+pub(crate) async fn redeem_tcp(rec: &Record, invite: &Invite, addr: &str) -> Result<(), CliError> {
+    let tcp = net::dial(addr).await?;
+    let (mut io, remote, hh) = handshake(rec, tcp)
+        .await
+        .map_err(|e| CliError::Unreachable(addr.to_owned(), e))?;
+    SecureRecord::new(rec.clone())
+        .redeem(invite, &mut io, remote, &hh)
+        .await
+        .map_err(refused)
+}
+
 type Framed = Box<dyn FramedIo<Item = std::io::Result<Vec<u8>>> + Send + Unpin>;
 
 /// A message duplex (what replication runs on).
@@ -449,6 +463,9 @@ async fn handshake(
     Ok((Box::new(io), remote, hh))
 }
 
+/// Set by the demo, which tells its own story: [`answer`] prints nothing.
+pub(crate) static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// The patient's side, for a peer the record does not name (called by
 /// `ehr sync` on every incoming connection from a stranger): answers its
 /// invite redemption, or refuses it. `Ok` means: replicate with it.
@@ -471,7 +488,9 @@ where
         InviteServing::Member => Ok(()),
         InviteServing::Redeemed(w) => {
             let _ = record.flush().await;
-            eprintln!("invite redeemed by {}: granted writer {}", &who[..12], hex(&w));
+            if !QUIET.load(std::sync::atomic::Ordering::SeqCst) {
+                eprintln!("invite redeemed by {}: granted writer {}", &who[..12], hex(&w));
+            }
             Ok(())
         }
         InviteServing::Refused(e) => Err(format!("refused an invite from {}: {e}", &who[..12])),
