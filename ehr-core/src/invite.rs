@@ -591,9 +591,11 @@ impl SecureRecord {
             .await
             .map_err(|_| InviteError::Failed)?;
         let scopes: Vec<&str> = state.key_scopes.iter().map(String::as_str).collect();
-        self.share(identity, Some(writer), &scopes)
-            .await
-            .map_err(|_| InviteError::Failed)?;
+        if !scopes.is_empty() {
+            self.share(identity, Some(writer), &scopes)
+                .await
+                .map_err(|_| InviteError::Failed)?;
+        }
         let accept = mac(&state.mac_key, "accept", hh, &id, &writer, &identity);
         Ok((*accept.as_bytes(), writer))
     }

@@ -129,7 +129,7 @@ async fn init(
         store::save_identity(data, &Identity::Patient { patient: p.clone() })?;
         println!("created the record of patient {p} in {}", data.display());
         println!("record key: {}", hex(&record.key()));
-        println!("share the record key with providers; they run `ehr join KEY` and send you their writer key and identity");
+        println!("invite providers with `ehr invite create --role ROLE --scopes ...` and run `ehr sync --listen ADDR`");
     } else {
         let name = provider.unwrap_or_default();
         store::save_identity(
@@ -140,7 +140,7 @@ async fn init(
             },
         )?;
         println!("created provider identity {name:?} in {}", data.display());
-        println!("next: `ehr join RECORD_KEY` with the key the patient shares");
+        println!("next: `ehr join INVITE --peer HOST:PORT` with the invite the patient gives you");
     }
     Ok(())
 }
