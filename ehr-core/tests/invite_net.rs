@@ -529,3 +529,56 @@ fn partitioned_devices_accepting_one_invite_agree_on_one_winner() {
         }
     });
 }
+
+/// The gate itself, on a framed duplex: a stranger whose first message is
+/// replication (not a redemption) is closed with nothing sent, and a junk
+/// redemption is answered with a refusal and closed.
+#[test]
+fn the_gate_closes_on_replication_or_junk_and_sends_no_data() {
+    let mut pool = LocalPool::new();
+    let spawner = pool.spawner();
+    pool.run_until(async {
+        let clock = Arc::new(ManualClock::new(1_000));
+        let alice = patient(clock.clone()).await;
+        let stranger = provider(alice.record().key(), clock.clone()).await;
+        let (x, mut y) = hypercore_rs::replication::duplex();
+        let s = stranger.record().clone();
+        spawner
+            .spawn_local(async move {
+                let _ = s.replicate(x, true).await;
+            })
+            .unwrap();
+        let admitted = alice.admit(&mut y, [3; 32], &[4; 32]).await.unwrap();
+        assert_eq!(admitted, ehr_core::InviteServing::NotAnInvite);
+        assert!(!admitted.replicates());
+        drop(y);
+        pump(&[stranger.record()], 200).await;
+        assert_eq!(stranger.record().patient_id(), "");
+        assert!(stranger
+            .record()
+            .get("Observation", "o1")
+            .await
+            .unwrap()
+            .is_none());
+
+        // Junk after the channel tag: refused (typed) and answered.
+        let (mut a, mut b) = hypercore_rs::replication::duplex();
+        use futures::{SinkExt, StreamExt};
+        let mut junk = ehr_core::INVITE_CHANNEL.to_vec();
+        junk.extend_from_slice(b"\x01garbage");
+        a.send(junk).await.unwrap();
+        let admitted = alice.admit(&mut b, [3; 32], &[4; 32]).await.unwrap();
+        assert_eq!(
+            admitted,
+            ehr_core::InviteServing::Refused(InviteError::Malformed)
+        );
+        let reply = a.next().await.unwrap().unwrap();
+        assert!(reply.starts_with(ehr_core::INVITE_CHANNEL));
+        // A member is let through without reading anything.
+        let me = alice.record().identity().public_key().to_bytes();
+        assert_eq!(
+            alice.admit(&mut b, me, &[4; 32]).await.unwrap(),
+            ehr_core::InviteServing::Member
+        );
+    });
+}
