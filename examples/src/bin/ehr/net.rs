@@ -216,18 +216,19 @@ pub(crate) async fn join_lan(
             "cannot start LAN discovery ({e}): use --peer HOST:PORT instead"
         ))
     };
-    // The record's network identity, and its firewall: only the owner and
-    // live grants' identities get a connection. A provider that has not
-    // synced yet does not know the patient's identity, and holds nothing
-    // to protect, so it lets anyone of the topic in until it has synced.
+    // The record's network identity, and its firewall: the owner and live
+    // grants' identities replicate; any other peer is let through the
+    // swarm but gets the invite channel only (`crate::invite::answer`), as
+    // with `--listen`. A provider that has not synced yet does not know the
+    // patient's identity, and holds nothing to protect, so it replicates
+    // with anyone of the topic until it has synced.
     let keypair = record.identity();
     let fresh = record.patient_id().is_empty();
-    let mut firewall = record.firewall();
     let mdns =
         MdnsDiscovery::bind(MdnsConfig::default(), Arc::new(SystemClock)).map_err(|e| lan(&e))?;
     let any: std::net::SocketAddr = ([0, 0, 0, 0], 0).into();
     let (handle, mut conns, driver) = SwarmBuilder::new(keypair)
-        .firewall(move |peer| fresh || firewall(peer))
+        .firewall(|_| true)
         .bind(TcpTransport, mdns, &any)
         .await
         .map_err(|e| lan(&e))?;
@@ -241,7 +242,7 @@ pub(crate) async fn join_lan(
     let inner = spawner.clone();
     spawner
         .spawn_local(async move {
-            while let Some(conn) = conns.next().await {
+            while let Some(mut conn) = conns.next().await {
                 let record = record.clone();
                 let initiator = conn.is_initiator();
                 let live = live.clone();
@@ -249,7 +250,19 @@ pub(crate) async fn join_lan(
                 live.fetch_add(1, Ordering::SeqCst);
                 eprintln!("LAN peer {} connected", conn.remote_public_key());
                 let _ = inner.spawn_local(async move {
-                    let _ = record.replicate(conn, initiator).await;
+                    let remote = conn.remote_public_key().to_bytes();
+                    let hh = conn.handshake_hash();
+                    let gate = if fresh || record.allows_peer(&remote) {
+                        Ok(())
+                    } else {
+                        crate::invite::answer(&record, &mut conn, remote, hh.as_bytes()).await
+                    };
+                    match gate {
+                        Ok(()) => {
+                            let _ = record.replicate(conn, initiator).await;
+                        }
+                        Err(e) => eprintln!("LAN peer {e}"),
+                    }
                     live.fetch_sub(1, Ordering::SeqCst);
                 });
             }
