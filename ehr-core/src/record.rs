@@ -638,7 +638,7 @@ impl Record {
     }
 
     /// Applies `body` as this device's next op: refused ops append nothing.
-    async fn submit(&self, body: OpBody) -> Result<(), Error> {
+    pub(crate) async fn submit(&self, body: OpBody) -> Result<(), Error> {
         let op = Op::new(self.inner.clock.now_ms(), body);
         let bytes = op.encode();
         if bytes.len() > hypercore_rs::MAX_BLOCK_SIZE - 1024 {
@@ -679,7 +679,10 @@ impl Record {
         self.inner.base.flush().await.map_err(base_err)?;
         if matches!(
             op.body,
-            OpBody::Grant { .. } | OpBody::ChangeGrant { .. } | OpBody::Revoke { .. }
+            OpBody::Grant { .. }
+                | OpBody::ChangeGrant { .. }
+                | OpBody::Revoke { .. }
+                | OpBody::InviteGrant { .. }
         ) {
             self.refresh_firewall().await?;
         }
