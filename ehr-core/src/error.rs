@@ -39,6 +39,10 @@ pub enum Error {
     /// misplaced ciphertext.
     #[error("{0}")]
     Sealed(#[from] crate::scope_crypto::SealError),
+    /// Emergency access by contacts: too few or forged shares, an expired
+    /// opening, no setup.
+    #[error("{0}")]
+    Emergency(#[from] crate::emergency_contacts::EmergencyError),
 }
 
 impl From<KvError> for Error {

@@ -268,7 +268,7 @@ impl SecureRecord {
         Ok(ring.len())
     }
 
-    fn wrap(
+    pub(crate) fn wrap(
         &self,
         key: &ScopeKey,
         recipient: IdentityPublic,
@@ -286,7 +286,7 @@ impl SecureRecord {
     }
 
     /// Writes key wraps atomically (one import).
-    async fn write_wraps(&self, wraps: &[KeyWrap]) -> Result<(), Error> {
+    pub(crate) async fn write_wraps(&self, wraps: &[KeyWrap]) -> Result<(), Error> {
         if wraps.is_empty() {
             return Ok(());
         }
