@@ -3,7 +3,9 @@
 //!
 //! **Who writes them.** The acting patient device writes an AuditEvent
 //! resource (an ordinary op, so it is signed into its log and replicated)
-//! whenever it shares keys, revokes, creates, cancels or answers an invite
+//! whenever it grants, changes or revokes a writer (through
+//! [`crate::Record::grant`] and friends, whichever path called them), shares
+//! keys, creates, cancels or answers an invite
 //! (refusals of known invites included), and when emergency access is
 //! recorded. Writes the record refuses are not written by anyone: they are
 //! already recorded deterministically by `apply` on every peer, and
@@ -42,6 +44,8 @@ pub enum AuditAction {
     Share,
     /// A writer was granted.
     Grant,
+    /// A writer's grant was changed.
+    ChangeGrant,
     /// A writer was revoked and keys rotated.
     Revoke,
     /// An invite was created.
@@ -64,6 +68,7 @@ impl AuditAction {
         match self {
             AuditAction::Share => "share",
             AuditAction::Grant => "grant",
+            AuditAction::ChangeGrant => "grant-changed",
             AuditAction::Revoke => "revoke",
             AuditAction::InviteCreated => "invite-created",
             AuditAction::InviteRedeemed => "invite-redeemed",
@@ -298,6 +303,62 @@ pub async fn verify_audit_package(
     Ok(out)
 }
 
+/// A grant in words, for an AuditEvent's description.
+pub(crate) fn describe_grant(g: &crate::consent::Grant) -> String {
+    let scopes: Vec<String> = g
+        .scopes
+        .iter()
+        .map(|s| {
+            let perms: String = [
+                (crate::consent::Perms::CREATE, 'c'),
+                (crate::consent::Perms::READ, 'r'),
+                (crate::consent::Perms::UPDATE, 'u'),
+                (crate::consent::Perms::DELETE, 'd'),
+                (crate::consent::Perms::SEARCH, 's'),
+            ]
+            .iter()
+            .filter(|(p, _)| s.perms.contains(*p))
+            .map(|(_, c)| *c)
+            .collect();
+            format!(
+                "patient/{}.{perms}",
+                s.resource_type.as_deref().unwrap_or("*")
+            )
+        })
+        .collect();
+    let mut d = format!("role {:?}", g.role);
+    if !scopes.is_empty() {
+        d.push_str(&format!(", scopes {}", scopes.join(" ")));
+    }
+    if let Some(e) = g.expires {
+        d.push_str(&format!(", expires {}", format_instant(e)));
+    }
+    d
+}
+
+/// Writes an AuditEvent by `record`'s device (see [`SecureRecord::audit`]).
+pub(crate) async fn write_audit(
+    record: &crate::record::Record,
+    action: AuditAction,
+    success: bool,
+    what: &str,
+    detail: &str,
+) -> Result<(), Error> {
+    let id: [u8; 16] = crate::keys::random(&*record.inner.entropy)
+        .map_err(crate::scope_crypto::SealError::from)?;
+    let json = audit_json(
+        &crate::view::hex(&id),
+        action,
+        record.inner.clock.now_ms(),
+        success,
+        &record.writer_key(),
+        what,
+        detail,
+    );
+    record.put(json.to_string().into_bytes()).await?;
+    Ok(())
+}
+
 impl SecureRecord {
     /// Writes an AuditEvent by this device (in clear: the patient and
     /// every grantee can read the trail).
@@ -308,19 +369,7 @@ impl SecureRecord {
         what: &str,
         detail: &str,
     ) -> Result<(), Error> {
-        let id: [u8; 16] = crate::keys::random(&*self.record().inner.entropy)
-            .map_err(crate::scope_crypto::SealError::from)?;
-        let json = audit_json(
-            &crate::view::hex(&id),
-            action,
-            self.record().inner.clock.now_ms(),
-            success,
-            &self.record().writer_key(),
-            what,
-            detail,
-        );
-        self.record().put(json.to_string().into_bytes()).await?;
-        Ok(())
+        write_audit(self.record(), action, success, what, detail).await
     }
 
     /// The writes the record refused, as AuditEvents (derived from the

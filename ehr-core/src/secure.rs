@@ -440,7 +440,7 @@ impl SecureRecord {
             .filter(|w| w.writer == Some(writer))
             .map(|w| w.recipient)
             .collect();
-        self.record.revoke(writer).await?;
+        self.record.revoke_unaudited(writer).await?;
         let rotation = self.rotate_wraps(&all, &revoked).await?;
         let rotated: Vec<String> = rotation
             .scopes
