@@ -60,6 +60,7 @@ pub mod keystore;
 pub mod op;
 mod record;
 pub mod scope_crypto;
+pub mod sealed_policy;
 mod secure;
 pub mod shamir;
 mod sync;

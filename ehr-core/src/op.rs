@@ -96,6 +96,10 @@ pub enum OpBody {
         /// The writer.
         writer: WriterKey,
     },
+    /// Marks the record sealed (owners only; cannot be undone): from then
+    /// on resources written in clear are rejected (see
+    /// [`crate::sealed_policy`]).
+    RequireSealed,
 }
 
 /// An op with the time its writer claims (ms since the Unix epoch).

@@ -639,7 +639,7 @@ impl Record {
     }
 
     /// Applies `body` as this device's next op: refused ops append nothing.
-    async fn submit(&self, body: OpBody) -> Result<(), Error> {
+    pub(crate) async fn submit(&self, body: OpBody) -> Result<(), Error> {
         let op = Op::new(self.inner.clock.now_ms(), body);
         let bytes = op.encode();
         if bytes.len() > hypercore_rs::MAX_BLOCK_SIZE - 1024 {
