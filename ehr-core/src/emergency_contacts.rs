@@ -32,7 +32,7 @@
 //! `E` once an opening's time is up and re-arms the same contacts with a
 //! fresh `E`: after that, nothing written to the emergency scope is
 //! readable with the old shares. Before the notice reaches the patient, the
-//! contacts' and the opener's self-reported read logs
+//! contacts' and the opener's self-reported read logs ([`crate::read_log`])
 //! show the releases and reads. What was read cannot be recalled.
 
 use crate::audit::{AuditAction, AUDIT_SYSTEM};
@@ -472,6 +472,12 @@ impl SecureRecord {
             signature: Vec::new(),
         };
         r.signature = self.identity_secret().sign(&r.message()).to_vec();
+        self.log_read(
+            "Basic",
+            &format!("emc-{}", setup.emergency.fingerprint()),
+            &format!("emergency share released to {}", opener.fingerprint()),
+        )
+        .await?;
         Ok(r)
     }
 
@@ -535,6 +541,13 @@ impl SecureRecord {
         let card = EmergencyCard::from_parts(self.record().key(), e.clone());
         let secure = SecureRecord::with_identity(self.record().clone(), e.clone());
         let view = secure.emergency_open(&card, responder).await?;
+        for r in &view.resources {
+            if let Ok(res) = crate::fhir::Resource::parse(r.clone()) {
+                let purpose = format!("emergency access by {responder}");
+                let id = res.id().unwrap_or_default().to_owned();
+                self.log_read(res.resource_type(), &id, &purpose).await?;
+            }
+        }
         let time = self.record().inner.clock.now_ms();
         let mut opening = EmergencyOpening {
             emergency: setup.emergency,

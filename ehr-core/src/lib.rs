@@ -58,6 +58,7 @@ mod json;
 pub mod keys;
 pub mod keystore;
 pub mod op;
+pub mod read_log;
 mod record;
 pub mod scope_crypto;
 pub mod sealed_policy;
