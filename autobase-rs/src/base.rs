@@ -1528,8 +1528,12 @@ impl Autobase {
             st.was_writable = writable;
             if let Some(proof) = self.evidence_to_write(st) {
                 st.evidence_written.insert(proof.writer());
-                self.write_local(st, Body::Evidence(Box::new(proof)))
-                    .await?;
+                match self.write_local(st, Body::Evidence(Box::new(proof))).await {
+                    // This peer's own input is ignored by everyone: the
+                    // proof still travels by gossip.
+                    Err(Error::InputRejected) => {}
+                    r => r?,
+                }
                 continue;
             }
             if self.should_ack(st) {
@@ -1606,6 +1610,16 @@ impl Autobase {
             return Ok(());
         }
         let mut st = self.inner.state.lock().await;
+        // Only signatures of writers this peer knows (so strangers cannot
+        // fill the pending slots).
+        let known = |k: &[u8; 32]| st.base_host.writers().iter().any(|w| &w.key == k);
+        if !t
+            .signatures
+            .iter()
+            .any(|s| known(&crate::checkpoint::writer_key(&s.public_key)))
+        {
+            return Ok(());
+        }
         if let Some(o) = st
             .transitions
             .iter_mut()
@@ -2229,6 +2243,20 @@ impl Autobase {
             if let Ok(mut t) = SignedCheckpoint::decode(body) {
                 t.retain_valid();
                 if t.checkpoint.base == self.inner.key && !t.signatures.is_empty() {
+                    if chain.len() >= MAX_CHAIN {
+                        // Full (a forger may be filling it): keep only the
+                        // links the walk from the trusted set uses.
+                        let trusted = self.inner.state.lock().await.base_host.indexer_keys();
+                        chain.sort_by_key(|l| l.checkpoint.indexed_length);
+                        let mut current = trusted;
+                        chain.retain(|l| {
+                            let ok = l.verify_link(&self.inner.key, &current).is_ok();
+                            if ok {
+                                current = l.checkpoint.indexers();
+                            }
+                            ok
+                        });
+                    }
                     let room = chain.len() < MAX_CHAIN;
                     match chain.iter_mut().find(|o| o.checkpoint == t.checkpoint) {
                         Some(o) => {
