@@ -239,6 +239,21 @@ fn two_of_three_contacts_open_the_emergency_scope_across_processes() {
             assert!(out.contains("caught up"), "{out}");
             assert!(t.elapsed() < Duration::from_secs(15));
         }
+        // A device the patient does not let in is not "caught up": one line.
+        let x = root.path().join("stranger");
+        ok(&x, &["init", "--provider", "x"]);
+        ok(&x, &["join", &key]);
+        // (sync reports peers coming and going on stderr; the error is one line.)
+        let o = ehr_env(
+            &x,
+            &["sync", "--once", "--peer", &addr, "--timeout", "10"],
+            None,
+        );
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+        assert_eq!(errors.len(), 1, "{err}");
+        assert!(errors[0].contains("closed the connection"), "{err}");
     }
     // The sealed allergy is not readable by a member without emergency access.
     let shown = ok(&er, &["get", "AllergyIntolerance", "peanut", "--json"]);

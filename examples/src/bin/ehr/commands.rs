@@ -1209,6 +1209,11 @@ async fn sync(data: &Path, a: crate::SyncArgs, sp: &LocalSpawner) -> Result<(), 
             if connected && net::caught_up(&r).await? {
                 break;
             }
+            // Only dialled peers, all gone before anything matched: the
+            // peer refused this device (or went away).
+            if connected && live.load(Ordering::SeqCst) == 0 && !a.lan && a.listen.is_none() {
+                return Err(CliError::Other("the peer closed the connection before this device caught up: it may not let this device in (the patient grants it with `ehr grants add WRITER --identity ID`); what arrived is kept".into()));
+            }
             if start.elapsed() > Duration::from_secs(a.timeout) {
                 return Err(if connected {
                     CliError::Other(format!("still receiving after {}s: run `ehr sync` again to finish (what arrived is kept)", a.timeout))
