@@ -155,6 +155,15 @@ pub enum Rejection {
     /// for one that has none (or the record's first owner).
     #[error("grant change not possible: {0}")]
     Membership(String),
+    /// A second redemption of an invite: another patient device granted
+    /// it first (in linear order) to `first`.
+    #[error("invite {invite} was already redeemed by writer {first}")]
+    InviteTaken {
+        /// The invite's id (hex).
+        invite: String,
+        /// The writer that redeemed it first (hex).
+        first: String,
+    },
     /// Content written in clear in a sealed record
     /// ([`crate::sealed_policy`]).
     #[error("clear content in a sealed record{}: {reason}", entry_suffix(*entry))]
@@ -311,6 +320,24 @@ async fn decide<K: Kv + ?Sized>(
             membership(kv, members, &ctx, writer, Some(grant), false).await?
         }
         OpBody::Revoke { writer } => membership(kv, members, &ctx, writer, None, false).await?,
+        OpBody::InviteGrant {
+            invite,
+            writer,
+            grant,
+        } => {
+            // First redemption in linear order wins (see `invite_net`).
+            let key = crate::invite_net::redemption_key(&invite);
+            match kv.get(&key).await? {
+                Some(first) => Err(crate::invite_net::taken(&invite, &first)),
+                None => {
+                    let r = membership(kv, members, &ctx, writer, Some(grant), true).await?;
+                    if r.is_ok() {
+                        kv.put(&key, &writer).await?;
+                    }
+                    r
+                }
+            }
+        }
         OpBody::RequireSealed if ctx.grant.role != Role::Owner => {
             Err(denied(Denied::NotOwner, None))
         }

@@ -166,11 +166,15 @@ impl AuditPackage {
     }
 }
 
-/// autobase-rs's input block layout (its `node::Block`, version 1).
+/// autobase-rs's input block layout (its `node::Block`, version 2): the
+/// postcard content, then the writer's 64-byte signature (the hypercore
+/// proof already authenticates the block; the signature is not rechecked).
 #[derive(Deserialize)]
 struct WireHead {
     _key: [u8; 32],
     _length: u64,
+    _hash: [u8; 32],
+    _sig: hypercore_rs::Sig,
 }
 
 #[derive(Deserialize)]
@@ -183,24 +187,26 @@ enum WireBody {
 struct WireBlock {
     version: u8,
     _height: u64,
+    _prev: [u8; 32],
     _heads: Vec<WireHead>,
     body: WireBody,
 }
 
 /// The ops in an autobase input block.
 fn block_ops(bytes: &[u8]) -> Vec<Op> {
-    match postcard::from_bytes::<WireBlock>(bytes) {
-        Ok(WireBlock {
-            version: 1,
-            body: WireBody::Values(v),
-            ..
-        }) => v.iter().filter_map(|b| Op::decode(b).ok()).collect(),
-        Ok(WireBlock {
-            body: WireBody::Ack,
-            ..
-        })
-        | Ok(_)
-        | Err(_) => Vec::new(),
+    let Some(content) = bytes.len().checked_sub(64).map(|n| &bytes[..n]) else {
+        return Vec::new();
+    };
+    match postcard::take_from_bytes::<WireBlock>(content) {
+        Ok((
+            WireBlock {
+                version: 2,
+                body: WireBody::Values(v),
+                ..
+            },
+            [],
+        )) => v.iter().filter_map(|b| Op::decode(b).ok()).collect(),
+        _ => Vec::new(),
     }
 }
 

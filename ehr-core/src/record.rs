@@ -695,7 +695,10 @@ impl Record {
         self.inner.base.flush().await.map_err(base_err)?;
         if matches!(
             op.body,
-            OpBody::Grant { .. } | OpBody::ChangeGrant { .. } | OpBody::Revoke { .. }
+            OpBody::Grant { .. }
+                | OpBody::ChangeGrant { .. }
+                | OpBody::Revoke { .. }
+                | OpBody::InviteGrant { .. }
         ) {
             self.refresh_firewall().await?;
         }
