@@ -166,48 +166,13 @@ impl AuditPackage {
     }
 }
 
-/// autobase-rs's input block layout (its `node::Block`, version 2): the
-/// postcard content, then the writer's 64-byte signature (the hypercore
-/// proof already authenticates the block; the signature is not rechecked).
-#[derive(Deserialize)]
-struct WireHead {
-    _key: [u8; 32],
-    _length: u64,
-    _hash: [u8; 32],
-    _sig: hypercore_rs::Sig,
-}
-
-#[derive(Deserialize)]
-enum WireBody {
-    Ack,
-    Values(Vec<serde_bytes::ByteBuf>),
-}
-
-#[derive(Deserialize)]
-struct WireBlock {
-    version: u8,
-    _height: u64,
-    _prev: [u8; 32],
-    _heads: Vec<WireHead>,
-    body: WireBody,
-}
-
-/// The ops in an autobase input block.
-fn block_ops(bytes: &[u8]) -> Vec<Op> {
-    let Some(content) = bytes.len().checked_sub(64).map(|n| &bytes[..n]) else {
-        return Vec::new();
-    };
-    match postcard::take_from_bytes::<WireBlock>(content) {
-        Ok((
-            WireBlock {
-                version: 2,
-                body: WireBody::Values(v),
-                ..
-            },
-            [],
-        )) => v.iter().filter_map(|b| Op::decode(b).ok()).collect(),
-        _ => Vec::new(),
-    }
+/// The ops in an autobase input block (node `seq` of its writer's core).
+fn block_ops(bytes: &[u8], seq: u64) -> Vec<Op> {
+    autobase_rs::block_values(bytes, seq)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|b| Op::decode(b).ok())
+        .collect()
 }
 
 fn audit_events_of(op: &Op) -> Vec<Vec<u8>> {
@@ -281,7 +246,7 @@ pub async fn verify_audit_package(
         }
         let bytes = verify_block(l).await?;
         let mut linked = false;
-        for op in block_ops(&bytes) {
+        for op in block_ops(&bytes, l.index) {
             if let OpBody::Grant { writer, grant } | OpBody::ChangeGrant { writer, grant } = op.body
             {
                 if grant.role == Role::Owner {
@@ -300,7 +265,10 @@ pub async fn verify_audit_package(
             return Err(AuditError::Unlinked);
         }
         let bytes = verify_block(e).await?;
-        let events: Vec<Vec<u8>> = block_ops(&bytes).iter().flat_map(audit_events_of).collect();
+        let events: Vec<Vec<u8>> = block_ops(&bytes, e.index)
+            .iter()
+            .flat_map(audit_events_of)
+            .collect();
         if events.is_empty() {
             return Err(AuditError::BadBlock);
         }
@@ -417,7 +385,7 @@ impl SecureRecord {
             let Some(bytes) = core.get(i).await? else {
                 continue;
             };
-            if block_ops(&bytes)
+            if block_ops(&bytes, i)
                 .iter()
                 .any(|op| !audit_events_of(op).is_empty())
             {
@@ -431,7 +399,7 @@ impl SecureRecord {
                 let Some(bytes) = root.get(i).await? else {
                     continue;
                 };
-                let grants_me = block_ops(&bytes).iter().any(|op| {
+                let grants_me = block_ops(&bytes, i).iter().any(|op| {
                     matches!(&op.body,
                         OpBody::Grant { writer, grant } | OpBody::ChangeGrant { writer, grant }
                         if *writer == me && grant.role == Role::Owner)
