@@ -466,7 +466,7 @@ impl SecureRecord {
             .await
     }
 
-    async fn all_wraps(&self) -> Result<Vec<KeyWrap>, Error> {
+    pub(crate) async fn all_wraps(&self) -> Result<Vec<KeyWrap>, Error> {
         self.refresh_keys().await?;
         let scopes: BTreeSet<String> = self.ring().iter().map(|k| k.scope().to_owned()).collect();
         let mut all = Vec::new();
@@ -476,7 +476,7 @@ impl SecureRecord {
         Ok(all)
     }
 
-    async fn rotate_wraps(
+    pub(crate) async fn rotate_wraps(
         &self,
         all: &[KeyWrap],
         revoked: &BTreeSet<IdentityPublic>,
