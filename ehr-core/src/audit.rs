@@ -182,8 +182,48 @@ struct WireBlock {
     body: WireBody,
 }
 
-/// The ops in an autobase input block.
+/// autobase-rs's input block layout, version 2: heads pin node hashes
+/// with their writers' signatures, blocks chain by `prev`, and the encoded
+/// block is followed by its writer's 64-byte signature.
+#[derive(Deserialize)]
+struct WireHeadV2 {
+    _key: [u8; 32],
+    _length: u64,
+    _hash: [u8; 32],
+    _sig: hypercore_rs::Sig,
+}
+
+/// Only `Values` matters here; an evidence body (variant 2) fails to
+/// decode and carries no ops.
+#[derive(Deserialize)]
+enum WireBodyV2 {
+    Ack,
+    Values(Vec<serde_bytes::ByteBuf>),
+}
+
+#[derive(Deserialize)]
+struct WireBlockV2 {
+    _version: u8,
+    _height: u64,
+    _prev: [u8; 32],
+    _heads: Vec<WireHeadV2>,
+    body: WireBodyV2,
+}
+
+/// The ops in an autobase input block (layout version 1 or 2).
 fn block_ops(bytes: &[u8]) -> Vec<Op> {
+    if bytes.first() == Some(&2) {
+        return match postcard::take_from_bytes::<WireBlockV2>(bytes) {
+            Ok((
+                WireBlockV2 {
+                    body: WireBodyV2::Values(v),
+                    ..
+                },
+                sig,
+            )) if sig.len() == 64 => v.iter().filter_map(|b| Op::decode(b).ok()).collect(),
+            _ => Vec::new(),
+        };
+    }
     match postcard::from_bytes::<WireBlock>(bytes) {
         Ok(WireBlock {
             version: 1,
