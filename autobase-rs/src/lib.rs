@@ -54,7 +54,7 @@ pub use base::{
 pub use checkpoint::{Checkpoint, CheckpointError, CommittedTip, SignedCheckpoint};
 pub use equivocation::{Equivocation, EquivocationError, SignedNode};
 pub use error::{ApplyError, Error};
-pub use node::{Node, MAX_HEADS, NODE_VERSION};
+pub use node::{block_values, Node, MAX_HEADS, NODE_VERSION};
 
 /// The README's example, compiled and run as a doc test.
 #[cfg(doctest)]

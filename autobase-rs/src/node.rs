@@ -171,6 +171,18 @@ impl Node {
     }
 }
 
+/// The user values carried by an input block stored at position `seq` of
+/// its writer's core; `None` when the block does not decode, or is an ack or
+/// an equivocation proof. Checks the block's shape only, not its signature
+/// nor its place in the DAG: for readers outside a base, such as audit tools
+/// that check blocks by Merkle proof against the core's key.
+pub fn block_values(bytes: &[u8], seq: u64) -> Option<Vec<Vec<u8>>> {
+    match Block::decode(bytes, seq)?.block.body {
+        Body::Values(v) => Some(v.into_iter().map(|b| b.into_vec()).collect()),
+        Body::Ack | Body::Evidence(_) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

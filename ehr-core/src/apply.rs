@@ -166,6 +166,15 @@ pub enum Rejection {
         /// The writer this grant was for (hex).
         writer: String,
     },
+    /// Content written in clear in a sealed record
+    /// ([`crate::sealed_policy`]).
+    #[error("clear content in a sealed record{}: {reason}", entry_suffix(*entry))]
+    Clear {
+        /// What is in clear.
+        reason: String,
+        /// For an import, the failing entry.
+        entry: Option<u32>,
+    },
 }
 
 /// What happened to a node.
@@ -197,6 +206,8 @@ struct Ctx {
     time: u64,
     now: u64,
     grant: Grant,
+    /// The record is sealed: clear content is refused.
+    sealed: bool,
 }
 
 /// One planned resource write.
@@ -297,6 +308,7 @@ async fn decide<K: Kv + ?Sized>(
         time: op.time,
         now: op.time.max(clock),
         grant: wrec.grant,
+        sealed: kv.get(crate::sealed_policy::SEALED_KEY).await?.is_some(),
     };
     if ctx.grant.expires.is_some_and(|e| ctx.now >= e) {
         return Ok(Err(denied(Denied::Expired, None)));
@@ -327,6 +339,13 @@ async fn decide<K: Kv + ?Sized>(
                     r
                 }
             }
+        }
+        OpBody::RequireSealed if ctx.grant.role != Role::Owner => {
+            Err(denied(Denied::NotOwner, None))
+        }
+        OpBody::RequireSealed => {
+            kv.put(crate::sealed_policy::SEALED_KEY, &[1]).await?;
+            Ok(())
         }
         OpBody::Put { resource, expect } => {
             match plan_put(kv, &ctx, resource, expect, None, &mut HashMap::new()).await? {
@@ -475,6 +494,11 @@ async fn plan_put<K: Kv + ?Sized>(
     };
     if let Err(e) = res.check_patient(&ctx.genesis.patient) {
         return Ok(Err(invalid(e, entry)));
+    }
+    if ctx.sealed {
+        if let Some(reason) = crate::sealed_policy::clear_content(&res, ctx.grant.role) {
+            return Ok(Err(Rejection::Clear { reason, entry }));
+        }
     }
     let target = ResourceRef {
         resource_type: res.resource_type().to_owned(),

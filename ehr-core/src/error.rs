@@ -43,6 +43,10 @@ pub enum Error {
     /// secret, nobody answered, ...); nothing was granted.
     #[error("{0}")]
     Invite(#[from] crate::invite::InviteError),
+    /// Emergency access by contacts: too few or forged shares, an expired
+    /// opening, no setup.
+    #[error("{0}")]
+    Emergency(#[from] crate::emergency_contacts::EmergencyError),
 }
 
 impl From<KvError> for Error {

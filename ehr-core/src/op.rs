@@ -108,6 +108,10 @@ pub enum OpBody {
         /// What it may do.
         grant: Grant,
     },
+    /// Marks the record sealed (owners only; cannot be undone): from then
+    /// on resources written in clear are rejected (see
+    /// [`crate::sealed_policy`]).
+    RequireSealed,
 }
 
 /// An op with the time its writer claims (ms since the Unix epoch).

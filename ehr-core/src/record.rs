@@ -13,6 +13,7 @@
 //! it; it is then recorded as rejected on every peer.
 
 use crate::apply::{apply_node, Kv, KvError, Membership, Node, Outcome};
+use crate::audit::AuditAction;
 use crate::consent::Grant;
 use crate::error::Error;
 use crate::fhir::{
@@ -1167,18 +1168,32 @@ impl Record {
         })
     }
 
-    /// Grants `writer` (owners only).
+    /// Grants `writer` (owners only), and writes an AuditEvent for it.
     pub async fn grant(&self, writer: WriterKey, grant: Grant) -> Result<(), Error> {
-        self.submit(OpBody::Grant { writer, grant }).await
+        let detail = crate::audit::describe_grant(&grant);
+        self.submit(OpBody::Grant { writer, grant }).await?;
+        let what = view::hex(&writer);
+        crate::audit::write_audit(self, AuditAction::Grant, true, &what, &detail).await
     }
 
-    /// Replaces `writer`'s grant (owners only).
+    /// Replaces `writer`'s grant (owners only), and writes an AuditEvent.
     pub async fn change_grant(&self, writer: WriterKey, grant: Grant) -> Result<(), Error> {
-        self.submit(OpBody::ChangeGrant { writer, grant }).await
+        let detail = crate::audit::describe_grant(&grant);
+        self.submit(OpBody::ChangeGrant { writer, grant }).await?;
+        let what = view::hex(&writer);
+        crate::audit::write_audit(self, AuditAction::ChangeGrant, true, &what, &detail).await
     }
 
-    /// Revokes `writer` (owners only).
+    /// Revokes `writer` (owners only), and writes an AuditEvent.
+    /// [`crate::SecureRecord::revoke`] also rotates keys (and audits that).
     pub async fn revoke(&self, writer: WriterKey) -> Result<(), Error> {
+        self.revoke_unaudited(writer).await?;
+        let what = view::hex(&writer);
+        crate::audit::write_audit(self, AuditAction::Revoke, true, &what, "writer revoked").await
+    }
+
+    /// [`Record::revoke`] without its AuditEvent (the caller writes one).
+    pub(crate) async fn revoke_unaudited(&self, writer: WriterKey) -> Result<(), Error> {
         self.submit(OpBody::Revoke { writer }).await
     }
 

@@ -268,7 +268,7 @@ impl SecureRecord {
         Ok(ring.len())
     }
 
-    fn wrap(
+    pub(crate) fn wrap(
         &self,
         key: &ScopeKey,
         recipient: IdentityPublic,
@@ -286,7 +286,7 @@ impl SecureRecord {
     }
 
     /// Writes key wraps atomically (one import).
-    async fn write_wraps(&self, wraps: &[KeyWrap]) -> Result<(), Error> {
+    pub(crate) async fn write_wraps(&self, wraps: &[KeyWrap]) -> Result<(), Error> {
         if wraps.is_empty() {
             return Ok(());
         }
@@ -440,7 +440,7 @@ impl SecureRecord {
             .filter(|w| w.writer == Some(writer))
             .map(|w| w.recipient)
             .collect();
-        self.record.revoke(writer).await?;
+        self.record.revoke_unaudited(writer).await?;
         let rotation = self.rotate_wraps(&all, &revoked).await?;
         let rotated: Vec<String> = rotation
             .scopes
