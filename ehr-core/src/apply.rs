@@ -156,13 +156,15 @@ pub enum Rejection {
     #[error("grant change not possible: {0}")]
     Membership(String),
     /// A second redemption of an invite: another patient device granted
-    /// it first (in linear order) to `first`.
+    /// it first (in linear order) to `first`; `writer` is not granted.
     #[error("invite {invite} was already redeemed by writer {first}")]
     InviteTaken {
         /// The invite's id (hex).
         invite: String,
         /// The writer that redeemed it first (hex).
         first: String,
+        /// The writer this grant was for (hex).
+        writer: String,
     },
     /// Content written in clear in a sealed record
     /// ([`crate::sealed_policy`]).
@@ -328,7 +330,7 @@ async fn decide<K: Kv + ?Sized>(
             // First redemption in linear order wins (see `invite_net`).
             let key = crate::invite_net::redemption_key(&invite);
             match kv.get(&key).await? {
-                Some(first) => Err(crate::invite_net::taken(&invite, &first)),
+                Some(first) => Err(crate::invite_net::taken(&invite, &first, &writer)),
                 None => {
                     let r = membership(kv, members, &ctx, writer, Some(grant), true).await?;
                     if r.is_ok() {

@@ -35,8 +35,9 @@
 //! rejected on every peer and recorded as an
 //! [`InviteTaken`](crate::apply::Rejection::InviteTaken) rejection. Known
 //! limit: the losing provider was sent the invite's scope keys before the
-//! race was decided; rotate those scopes away from it
-//! ([`SecureRecord::rotate_away`]).
+//! race was decided; [`SecureRecord::rotate_lost_redemptions`] rotates
+//! every scope such a device holds (what it already had cannot be
+//! recalled).
 //!
 //! Over the network (swarm connections or any secured channel), see
 //! [`SecureRecord::admit`], [`SecureRecord::redeem`],

@@ -60,11 +60,13 @@ pub(crate) fn redemption_key(id: &[u8; 16]) -> Vec<u8> {
     k
 }
 
-/// The rejection of a second redemption of `id` (`first` redeemed it).
-pub(crate) fn taken(id: &[u8; 16], first: &[u8]) -> Rejection {
+/// The rejection of a second redemption of `id` (`first` redeemed it)
+/// for `writer`.
+pub(crate) fn taken(id: &[u8; 16], first: &[u8], writer: &WriterKey) -> Rejection {
     Rejection::InviteTaken {
         invite: crate::view::hex(id),
         first: crate::view::hex(first),
+        writer: crate::view::hex(writer),
     }
 }
 
@@ -140,6 +142,41 @@ impl SecureRecord {
         }
         out.sort_by_key(|s| s.expires);
         Ok(out)
+    }
+
+    /// After partitioned patient devices both accepted one invite, the
+    /// losing redeemer (its grant rejected as
+    /// [`Rejection::InviteTaken`]) was already sent the invite's scope
+    /// keys. This rotates every scope such a device holds, so it cannot
+    /// read what is written next (what it already had cannot be
+    /// recalled). Owner devices only; idempotent (a device that no longer
+    /// holds a current key causes no rotation). Returns the rotation, if
+    /// any.
+    pub async fn rotate_lost_redemptions(&self) -> Result<Option<crate::Rotation>, Error> {
+        let losers: std::collections::BTreeSet<String> = self
+            .record()
+            .rejected()
+            .await?
+            .into_iter()
+            .filter_map(|r| match r.rejection {
+                Rejection::InviteTaken { writer, .. } => Some(writer),
+                _ => None,
+            })
+            .collect();
+        if losers.is_empty() {
+            return Ok(None);
+        }
+        let all = self.all_wraps().await?;
+        let devices = all
+            .iter()
+            .filter(|w| {
+                w.writer
+                    .is_some_and(|k| losers.contains(&crate::view::hex(&k)))
+            })
+            .map(|w| w.recipient)
+            .collect();
+        let rotation = self.rotate_wraps(&all, &devices).await?;
+        Ok((!rotation.scopes.is_empty()).then_some(rotation))
     }
 
     /// Decides what a connection from the network identity `remote`, on a

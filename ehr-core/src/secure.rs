@@ -476,7 +476,7 @@ impl SecureRecord {
         Ok(all)
     }
 
-    async fn rotate_wraps(
+    pub(crate) async fn rotate_wraps(
         &self,
         all: &[KeyWrap],
         revoked: &BTreeSet<IdentityPublic>,

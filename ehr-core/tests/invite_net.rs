@@ -527,6 +527,67 @@ fn partitioned_devices_accepting_one_invite_agree_on_one_winner() {
                     .to_bytes()
             ));
         }
+
+        // The loser was sent the invite's `default` key before the race was
+        // decided: rotating it away keeps it from reading what comes next.
+        let (loser_p, winner_p) = if loser == w1 {
+            (first, second)
+        } else {
+            (second, first)
+        };
+        let rotation = phone.rotate_lost_redemptions().await.unwrap().unwrap();
+        let (_, epoch) = rotation
+            .scopes
+            .iter()
+            .find(|(s, _)| s == "default")
+            .cloned()
+            .unwrap();
+        assert!(epoch >= 1);
+        let o2 = std::str::from_utf8(OBS)
+            .unwrap()
+            .replace("\"o1\"", "\"o2\"")
+            .replace("sealed", "after the race");
+        phone.put("default", o2.clone().into_bytes()).await.unwrap();
+        // Both providers still replicate with the device that let them in
+        // (the loser's connection was opened before the race was decided).
+        pump_until(
+            &[
+                phone.record(),
+                laptop.record(),
+                first.record(),
+                second.record(),
+            ],
+            || async {
+                loser_p
+                    .record()
+                    .get("Observation", "o2")
+                    .await
+                    .unwrap()
+                    .is_some()
+                    && winner_p
+                        .record()
+                        .get("Observation", "o2")
+                        .await
+                        .unwrap()
+                        .is_some()
+            },
+            "the providers never received the new sealed resource",
+        )
+        .await;
+        winner_p.refresh_keys().await.unwrap();
+        assert_eq!(
+            winner_p.get("Observation", "o2").await.unwrap().as_deref(),
+            Some(o2.as_bytes())
+        );
+        loser_p.refresh_keys().await.unwrap();
+        assert!(
+            loser_p.get("Observation", "o2").await.is_err(),
+            "the loser must not read what was written after the rotation"
+        );
+        // It did get the old key (the documented limit): it reads o1.
+        assert!(loser_p.get("Observation", "o1").await.unwrap().is_some());
+        // Idempotent.
+        assert_eq!(phone.rotate_lost_redemptions().await.unwrap(), None);
     });
 }
 

@@ -515,8 +515,19 @@ pub(crate) async fn run(a: crate::DemoArgs, sp: &LocalSpawner) -> Result<(), Cli
     let events = ehr_core::audit::verify_audit_package(&patient.key(), &pkg)
         .await
         .map_err(|e| CliError::Other(format!("demo: the audit package does not verify: {e}")))?;
+    let has = |code: &str| {
+        let needle = format!("\"code\":\"{code}\"");
+        events
+            .iter()
+            .any(|e| String::from_utf8_lossy(e).contains(&needle))
+    };
+    if !has("revoke") || !has("invite-redeemed") {
+        return Err(CliError::Other(
+            "demo: the audit package lacks the revocation or the invite redemptions".into(),
+        ));
+    }
     s.say(&format!(
-        "audit package exported ({} bytes) and verified offline against the record key: {} AuditEvents (the revocation among them)",
+        "audit package exported ({} bytes) and verified offline against the record key: {} AuditEvents (the revocation and the invite redemptions among them)",
         pkg.len(),
         events.len()
     ));
