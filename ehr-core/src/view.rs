@@ -230,7 +230,10 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    postcard::to_allocvec(v).unwrap_or_default()
+    // Sized first: records carry resource bodies, and growing the vector
+    // by doubling would copy them several times.
+    let size = postcard::experimental::serialized_size(v).unwrap_or(0);
+    postcard::to_extend(v, Vec::with_capacity(size)).unwrap_or_default()
 }
 
 pub(crate) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Option<T> {
