@@ -6,11 +6,13 @@
 //! record a system state that points past what the views hold.
 
 use crate::checkpoint::{
-    tree_hash_of, Checkpoint, CheckpointError, SignedCheckpoint, ViewCheckpoint,
+    tree_hash_of, Checkpoint, CheckpointError, CommittedTip, SignedCheckpoint, ViewCheckpoint,
 };
+use crate::equivocation::{Equivocation, SignedNode};
 use crate::error::{ApplyError, Error};
 use crate::linearizer::{HeadRef, Linearizer, NodeId, Order, Presence, WriterCheckpoint, WriterId};
-use crate::node::{Block, Body, Node, WireHead, NODE_VERSION};
+use crate::node::{verify_node, Block, Body, Node, Signed, WireHead, NODE_VERSION};
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use futures::lock::Mutex as AsyncMutex;
 use futures::{Stream, StreamExt};
 use hyperbee_rs::{Batch, Bee, Snapshot};
@@ -18,10 +20,10 @@ use hypercore_rs::replication::ReplicateOptions;
 use hypercore_rs::storage::{Batch as StorageBatch, Op};
 use hypercore_rs::{Core, Corestore, Download, KeyPair, Manifest};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-const RECORD_VERSION: u8 = 1;
+const RECORD_VERSION: u8 = 2;
 const NAMESPACE: &str = "autobase-rs";
 
 /// The user's logic: turns ordered nodes into views.
@@ -72,6 +74,20 @@ pub struct WriterInfo {
     pub indexer: bool,
     /// Whether it was removed (its later nodes are ignored).
     pub removed: bool,
+    /// Set when the writer was proven to equivocate: removed, and its input
+    /// is read no further than this.
+    pub cut: Option<Cut>,
+}
+
+/// Where a writer that forked its input was cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Cut {
+    /// How many of its nodes were ordered before the evidence: they stay,
+    /// the rest of its input is never read.
+    pub at: u64,
+    /// Its ed25519 public key (from the proof).
+    pub public_key: hypercore_rs::PublicKey,
 }
 
 /// Membership as `apply` changes it.
@@ -85,6 +101,11 @@ impl Host {
     pub fn add_writer(&mut self, key: [u8; 32], indexer: bool) -> Result<(), ApplyError> {
         let last = self.active_indexers() == 1;
         if let Some(w) = self.writers.iter_mut().find(|w| w.key == key) {
+            if w.cut.is_some() {
+                return Err(ApplyError::Rejected(
+                    "the writer was cut for forking its input".into(),
+                ));
+            }
             if w.indexer && !indexer && !w.removed && last {
                 return Err(ApplyError::LastIndexer);
             }
@@ -95,9 +116,51 @@ impl Host {
                 key,
                 indexer,
                 removed: false,
+                cut: None,
             });
         }
         Ok(())
+    }
+
+    /// Where `key` was cut for equivocating, if it was.
+    pub fn cut(&self, key: &[u8; 32]) -> Option<Cut> {
+        self.writers
+            .iter()
+            .find(|w| &w.key == key)
+            .and_then(|w| w.cut)
+    }
+
+    /// Cuts a writer proven to equivocate after its first `at` nodes
+    /// (removes it); `false` when it is the last indexer (kept: a base needs
+    /// one) or already cut.
+    pub(crate) fn cut_writer(&mut self, key: [u8; 32], at: u64, public_key: [u8; 32]) -> bool {
+        let last = self.active_indexers() == 1;
+        let cut = Some(Cut { at, public_key });
+        match self.writers.iter_mut().find(|w| w.key == key) {
+            Some(w) if w.cut.is_some() => false,
+            Some(w) if w.indexer && !w.removed && last => false,
+            Some(w) => {
+                w.removed = true;
+                w.cut = cut;
+                true
+            }
+            None => {
+                self.writers.push(WriterInfo {
+                    key,
+                    indexer: false,
+                    removed: true,
+                    cut,
+                });
+                true
+            }
+        }
+    }
+
+    fn cuts(&self) -> Vec<([u8; 32], u64)> {
+        self.writers
+            .iter()
+            .filter_map(|w| Some((w.key, w.cut?.at)))
+            .collect()
     }
 
     /// Removes a writer; the last indexer cannot be removed.
@@ -167,6 +230,11 @@ pub enum Event {
     },
     /// This peer became a writer.
     Writable,
+    /// This peer learned (read or heard) that a writer forked its input.
+    Equivocation {
+        /// The writer's key.
+        writer: [u8; 32],
+    },
 }
 
 /// What is persisted with every commit of the indexed prefix.
@@ -178,6 +246,7 @@ struct Record {
     host: Host,
     views: Vec<ViewMark>,
     rejected: u64,
+    tips: Vec<CommittedTip>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,12 +269,36 @@ struct Input {
     /// height is needed), by seq.
     wants: HashMap<u64, Download>,
     frozen: bool,
+    /// The writer's signing key, from its core's manifest.
+    vk: Option<VerifyingKey>,
+}
+
+impl Input {
+    fn new(core: Core, download: Option<Download>) -> Self {
+        Input {
+            core,
+            _download: download,
+            wants: HashMap::new(),
+            frozen: false,
+            vk: None,
+        }
+    }
 }
 
 struct State {
     lin: Linearizer,
     inputs: HashMap<WriterId, Input>,
-    blocks: HashMap<NodeId, Arc<Block>>,
+    /// Exactly the uncommitted nodes, as read.
+    blocks: HashMap<NodeId, Arc<Signed>>,
+    /// Every writer's last committed node (seq, hash and signature).
+    tips: HashMap<WriterId, (u64, SignedNode)>,
+    /// Verified proofs that a writer forked its input, by writer key.
+    proofs: HashMap<[u8; 32], Equivocation>,
+    /// Writers this peer already wrote evidence against (this session).
+    evidence_written: HashSet<[u8; 32]>,
+    /// Whether the last pull left a block waiting on another fork of a
+    /// writer that is not cut yet.
+    fork_blocked: bool,
     applied: Vec<Applied>,
     base_host: Arc<Host>,
     base_views: Arc<Vec<ViewMark>>,
@@ -241,6 +334,7 @@ struct Inner {
     key: [u8; 32],
     local_key: [u8; 32],
     key_pair: KeyPair,
+    signer: SigningKey,
     view_names: Vec<String>,
     record_key: Vec<u8>,
     clock: Option<Arc<dyn hypercore_rs::Clock>>,
@@ -279,6 +373,25 @@ impl std::fmt::Debug for AutobaseBuilder {
             .field("views", &self.views)
             .finish_non_exhaustive()
     }
+}
+
+/// The committed tips as a map by writer id (registering the writers).
+fn tips_map(lin: &mut Linearizer, tips: &[CommittedTip]) -> HashMap<WriterId, (u64, SignedNode)> {
+    tips.iter()
+        .map(|t| (lin.writer(t.key), (t.seq, t.node)))
+        .collect()
+}
+
+/// The signed node `id` as held in memory: uncommitted, or its writer's last
+/// committed node.
+fn held(st: &State, id: NodeId) -> Option<SignedNode> {
+    if let Some(b) = st.blocks.get(&id) {
+        return Some(b.node());
+    }
+    st.tips
+        .get(&id.writer)
+        .filter(|(seq, _)| *seq == id.seq)
+        .map(|(_, n)| *n)
 }
 
 fn hex(b: &[u8]) -> String {
@@ -394,11 +507,12 @@ impl AutobaseBuilder {
             });
             bees.push((name.clone(), bee));
         }
-        let (mut lin, host, rejected) = match record {
+        let (mut lin, host, rejected, saved_tips) = match record {
             Some(r) => (
                 Linearizer::from_checkpoint(&r.writers, r.committed_count),
                 r.host,
                 r.rejected,
+                r.tips,
             ),
             None => {
                 let mut h = Host::default();
@@ -406,25 +520,20 @@ impl AutobaseBuilder {
                     key,
                     indexer: true,
                     removed: false,
+                    cut: None,
                 });
-                (Linearizer::new(), h, 0)
+                (Linearizer::new(), h, 0, Vec::new())
             }
         };
         let local = lin.writer(local_core.key());
         let mut inputs = HashMap::new();
-        inputs.insert(
-            local,
-            Input {
-                core: local_core.clone(),
-                _download: None,
-                wants: HashMap::new(),
-                frozen: false,
-            },
-        );
+        inputs.insert(local, Input::new(local_core.clone(), None));
+        let tips = tips_map(&mut lin, &saved_tips);
         let inner = Inner {
             store: self.store.clone(),
             key,
             local_key: local_core.key(),
+            signer: SigningKey::from_bytes(&key_pair.seed()),
             key_pair,
             view_names: self.views.clone(),
             record_key,
@@ -434,6 +543,10 @@ impl AutobaseBuilder {
                 lin,
                 inputs,
                 blocks: HashMap::new(),
+                tips,
+                proofs: HashMap::new(),
+                evidence_written: HashSet::new(),
+                fork_blocked: false,
                 applied: Vec::new(),
                 base_host: Arc::new(host),
                 base_views: Arc::new(marks),
@@ -665,7 +778,24 @@ impl Autobase {
             &st.base_host,
             st.base_rejected,
             views,
+            self.committed_tips(st),
         )
+    }
+
+    fn committed_tips(&self, st: &State) -> Vec<CommittedTip> {
+        let mut tips: Vec<CommittedTip> = st
+            .tips
+            .iter()
+            .filter_map(|(id, (seq, node))| {
+                Some(CommittedTip {
+                    key: st.lin.key(*id)?,
+                    seq: *seq,
+                    node: *node,
+                })
+            })
+            .collect();
+        tips.sort_by_key(|t| t.key);
+        tips
     }
 
     /// This peer's signature over its indexed state; only an indexer at the
@@ -775,18 +905,11 @@ impl Autobase {
                 let from = lin.committed_len(nid).saturating_sub(1);
                 let download =
                     (!input.core.writable()).then(|| input.core.download(from, u64::MAX));
-                st.inputs.insert(
-                    nid,
-                    Input {
-                        _download: download,
-                        wants: HashMap::new(),
-                        frozen: false,
-                        core: input.core,
-                    },
-                );
+                st.inputs.insert(nid, Input::new(input.core, download));
             }
         }
         st.local = lin.writer(self.inner.local_key);
+        st.tips = tips_map(&mut lin, &cp.tips);
         st.lin = lin;
         st.blocks.clear();
         st.applied.clear();
@@ -807,6 +930,44 @@ impl Autobase {
         self.persist(&st).await?;
         self.pull(&mut st).await?;
         self.settle(&mut st).await
+    }
+
+    /// Takes in a proof that a writer forked its input (gossiped by a peer,
+    /// see [`Autobase::serve_checkpoints`], which also takes them in): a
+    /// valid one is kept, passed on, and written into this peer's input as
+    /// evidence if it is a writer, so the forked writer is cut at the same
+    /// indexed point on every peer. Returns whether it was new and valid.
+    pub async fn add_equivocation(&self, proof: Equivocation) -> Result<bool, Error> {
+        if proof.verify().is_err() {
+            return Ok(false);
+        }
+        let mut st = self.inner.state.lock().await;
+        if st.proofs.contains_key(&proof.writer()) {
+            return Ok(false);
+        }
+        self.found(&mut st, proof).await?;
+        self.settle(&mut st).await?;
+        Ok(true)
+    }
+
+    /// Whether this peer holds nodes on a fork of a writer that is not cut
+    /// yet, and blocks of others wait on another fork of it. The peers on
+    /// the fork that gets indexed cut the writer on their own; a peer left
+    /// on the other fork cannot read their nodes until it starts from a
+    /// checkpoint past the cut: call [`Autobase::fast_forward_from_peers`]
+    /// when this holds.
+    pub async fn needs_fast_forward(&self) -> bool {
+        let st = self.inner.state.lock().await;
+        st.fork_blocked && st.proofs.keys().any(|w| st.base_host.cut(w).is_none())
+    }
+
+    /// The proofs of forked inputs this peer holds (read or heard), by
+    /// writer key.
+    pub async fn equivocations(&self) -> Vec<Equivocation> {
+        let st = self.inner.state.lock().await;
+        let mut v: Vec<Equivocation> = st.proofs.values().cloned().collect();
+        v.sort_by_key(|p| p.writer());
+        v
     }
 
     /// The writers at the tip.
@@ -848,6 +1009,9 @@ impl Autobase {
             + 'static,
     {
         let mut options = ReplicateOptions::new(initiator);
+        // A writer that forks its input makes honest peers hold conflicting
+        // trees of that one core: drop that core's channel, not the session.
+        options.isolate_invalid_proofs = true;
         if let Some(c) = &self.inner.clock {
             options.clock = c.clone();
         }
@@ -880,12 +1044,7 @@ impl Autobase {
             // (except a few named heads, fetched one by one in `pull`).
             let from = st.lin.committed_len(id).saturating_sub(1);
             let download = (!core.writable()).then(|| core.download(from, u64::MAX));
-            e.insert(Input {
-                core,
-                _download: download,
-                wants: HashMap::new(),
-                frozen: false,
-            });
+            e.insert(Input::new(core, download));
         }
         Ok(id)
     }
@@ -902,26 +1061,6 @@ impl Autobase {
 
     async fn write_local(&self, st: &mut State, body: Body) -> Result<(), Error> {
         let local = st.local;
-        let (heads, height) = st.lin.next_heads(local);
-        let mut wire = Vec::with_capacity(heads.len());
-        let mut refs = Vec::with_capacity(heads.len());
-        for (w, len) in heads {
-            let key = st.lin.key(w).ok_or(Error::Corrupt("unknown head writer"))?;
-            wire.push(WireHead { key, length: len });
-            refs.push(HeadRef {
-                node: NodeId {
-                    writer: w,
-                    seq: len - 1,
-                },
-                height: None,
-            });
-        }
-        let block = Block {
-            version: NODE_VERSION,
-            height,
-            heads: wire,
-            body,
-        };
         let core = st
             .inputs
             .get(&local)
@@ -936,124 +1075,305 @@ impl Autobase {
                 // every peer ignores the rest of it, so writing is pointless.
                 return Err(Error::InputRejected);
             }
-            return Box::pin(self.write_local(st, block.body)).await;
+            return Box::pin(self.write_local(st, body)).await;
         }
-        core.append(&block.encode()).await?;
+        let (heads, height) = st.lin.next_heads(local);
+        let mut wire = Vec::with_capacity(heads.len());
+        let mut refs = Vec::with_capacity(heads.len());
+        for (w, len) in heads {
+            let key = st.lin.key(w).ok_or(Error::Corrupt("unknown head writer"))?;
+            let node = NodeId {
+                writer: w,
+                seq: len - 1,
+            };
+            let named = self
+                .signed_node(st, node)
+                .await?
+                .ok_or(Error::Corrupt("named head not held"))?;
+            wire.push(WireHead {
+                key,
+                length: len,
+                hash: named.hash,
+                sig: named.signature,
+            });
+            refs.push(HeadRef { node, height: None });
+        }
+        let prev = match seq.checked_sub(1) {
+            None => [0; 32],
+            Some(p) => {
+                self.signed_node(
+                    st,
+                    NodeId {
+                        writer: local,
+                        seq: p,
+                    },
+                )
+                .await?
+                .ok_or(Error::Corrupt("own previous node not held"))?
+                .hash
+            }
+        };
+        let block = Block {
+            version: NODE_VERSION,
+            height,
+            prev,
+            heads: wire,
+            body,
+        };
+        let (bytes, hash, sig) = block.sign(seq, &self.inner.signer);
+        core.append(&bytes).await?;
         st.lin
             .add_node(local, seq, &refs, height)
             .map_err(|_| Error::Corrupt("own node rejected"))?;
-        st.blocks
-            .insert(NodeId { writer: local, seq }, Arc::new(block));
+        st.blocks.insert(
+            NodeId { writer: local, seq },
+            Arc::new(Signed { block, hash, sig }),
+        );
+        Ok(())
+    }
+
+    /// The hash and signature of node `id`: from memory, else from its core.
+    async fn signed_node(&self, st: &State, id: NodeId) -> Result<Option<SignedNode>, Error> {
+        if let Some(n) = held(st, id) {
+            return Ok(Some(n));
+        }
+        Ok(self.read_signed(st, id).await?.map(|s| s.node()))
+    }
+
+    /// Reads node `id` from its writer's core, if the core holds it.
+    async fn read_signed(&self, st: &State, id: NodeId) -> Result<Option<Signed>, Error> {
+        let Some(core) = st.inputs.get(&id.writer).map(|i| i.core.clone()) else {
+            return Ok(None);
+        };
+        if id.seq >= core.length() {
+            return Ok(None);
+        }
+        Ok(core
+            .get(id.seq)
+            .await?
+            .and_then(|b| Block::decode(&b, id.seq)))
+    }
+
+    /// The key writer `id` signs its nodes with: `Ok(None)` while its
+    /// manifest is unknown, `Err(())` when it is not a single-signer input
+    /// (no block of it can be checked: it is frozen).
+    fn verifying_key(st: &mut State, id: WriterId) -> Result<Option<VerifyingKey>, ()> {
+        let Some(input) = st.inputs.get_mut(&id) else {
+            return Ok(None);
+        };
+        if input.vk.is_none() {
+            let Some(m) = input.core.manifest() else {
+                return Ok(None);
+            };
+            match m.signers.as_slice() {
+                [pk] if m.quorum == 1 => {
+                    input.vk = Some(VerifyingKey::from_bytes(pk).map_err(|_| ())?)
+                }
+                _ => return Err(()),
+            }
+        }
+        Ok(input.vk)
+    }
+
+    /// Records a proof that a writer forked its input and gossips it.
+    async fn found(&self, st: &mut State, proof: Equivocation) -> Result<(), Error> {
+        let writer = proof.writer();
+        if st.proofs.contains_key(&writer) || proof.verify().is_err() {
+            return Ok(());
+        }
+        let mut msg = vec![MSG_EQUIVOCATION];
+        msg.extend_from_slice(&proof.encode());
+        st.proofs.insert(writer, proof);
+        self.emit(Event::Equivocation { writer });
+        let core = self.inner.store.get_by_key(self.inner.key).await?;
+        core.send_extension(CHECKPOINT_EXTENSION, msg);
         Ok(())
     }
 
     /// Reads every input's new blocks into the linearizer, as far as their
     /// heads are known.
     async fn pull(&self, st: &mut State) -> Result<(), Error> {
+        st.fork_blocked = false;
         loop {
             let mut progress = false;
             let ids: Vec<WriterId> = st.inputs.keys().copied().collect();
             for id in ids {
-                while let Some((core, frozen)) =
-                    st.inputs.get(&id).map(|i| (i.core.clone(), i.frozen))
-                {
-                    if frozen {
-                        break;
-                    }
-                    let seq = st.lin.log_len(id);
-                    if core.fork() != 0 {
-                        // A writer that rewrote its input: keep what was read, ignore the rest.
-                        if let Some(i) = st.inputs.get_mut(&id) {
-                            i.frozen = true;
-                        }
-                        break;
-                    }
-                    if seq >= core.length() {
-                        break;
-                    }
-                    let Some(bytes) = core.get(seq).await? else {
-                        break;
-                    };
-                    let Some(block) = Block::decode(&bytes) else {
-                        if let Some(i) = st.inputs.get_mut(&id) {
-                            i.frozen = true;
-                        }
-                        break;
-                    };
-                    let mut refs = Vec::with_capacity(block.heads.len());
-                    let mut ready = true;
-                    for h in &block.heads {
-                        let w = self.input(st, h.key).await?;
-                        let node = NodeId {
-                            writer: w,
-                            seq: h.length - 1,
-                        };
-                        let height = match st.lin.presence(node) {
-                            Presence::Present => None,
-                            Presence::Absent => {
-                                ready = false;
-                                None
-                            }
-                            Presence::Pruned => {
-                                let c = st.inputs.get(&w).map(|i| i.core.clone());
-                                // After a fast-forward the core may not know
-                                // that length yet: wait for it, do not fail.
-                                let b = match c {
-                                    Some(c) if node.seq < c.length() => c.get(node.seq).await?,
-                                    _ => None,
-                                };
-                                match (b.as_deref(), st.inputs.get_mut(&w)) {
-                                    (Some(bytes), input) => match Block::decode(bytes) {
-                                        Some(b) => {
-                                            if let Some(i) = input {
-                                                i.wants.remove(&node.seq);
-                                            }
-                                            Some(b.height)
-                                        }
-                                        None => {
-                                            ready = false;
-                                            None
-                                        }
-                                    },
-                                    (None, Some(input)) => {
-                                        // Below the download range: fetch it.
-                                        let core = input.core.clone();
-                                        input.wants.entry(node.seq).or_insert_with(|| {
-                                            core.download(node.seq, node.seq + 1)
-                                        });
-                                        ready = false;
-                                        None
-                                    }
-                                    (None, None) => {
-                                        ready = false;
-                                        None
-                                    }
-                                }
-                            }
-                        };
-                        refs.push(HeadRef { node, height });
-                    }
-                    if !ready {
-                        break;
-                    }
-                    match st.lin.add_node(id, seq, &refs, block.height) {
-                        Ok(()) => {
-                            st.blocks
-                                .insert(NodeId { writer: id, seq }, Arc::new(block));
-                            progress = true;
-                        }
-                        Err(crate::linearizer::LinearizeError::Missing(_)) => break,
-                        Err(_) => {
-                            if let Some(i) = st.inputs.get_mut(&id) {
-                                i.frozen = true;
-                            }
-                            break;
-                        }
-                    }
+                while self.pull_one(st, id).await? {
+                    progress = true;
                 }
             }
             if !progress {
                 return Ok(());
+            }
+        }
+    }
+
+    fn freeze(st: &mut State, id: WriterId) {
+        if let Some(i) = st.inputs.get_mut(&id) {
+            i.frozen = true;
+        }
+    }
+
+    /// Reads the next block of input `id` into the linearizer; `true` when
+    /// it was added. A block every peer rejects alike freezes the input; one
+    /// that cannot be placed yet (missing heads, a head on another fork of
+    /// a writer not cut yet) waits.
+    async fn pull_one(&self, st: &mut State, id: WriterId) -> Result<bool, Error> {
+        let Some((core, frozen)) = st.inputs.get(&id).map(|i| (i.core.clone(), i.frozen)) else {
+            return Ok(false);
+        };
+        let key = st.lin.key(id).unwrap_or([0; 32]);
+        let seq = st.lin.log_len(id);
+        if frozen || seq >= core.length() || st.base_host.cut(&key).is_some_and(|c| seq >= c.at) {
+            return Ok(false);
+        }
+        let Some(bytes) = core.get(seq).await? else {
+            return Ok(false);
+        };
+        let vk = match Self::verifying_key(st, id) {
+            Ok(Some(vk)) => vk,
+            Ok(None) => return Ok(false),
+            Err(()) => {
+                Self::freeze(st, id);
+                return Ok(false);
+            }
+        };
+        let Some(signed) = Block::decode(&bytes, seq).filter(|s| verify_node(&vk, &s.hash, &s.sig))
+        else {
+            Self::freeze(st, id);
+            return Ok(false);
+        };
+        // The block must chain onto the node this peer holds before it.
+        if let Some(p) = seq.checked_sub(1) {
+            let prev_id = NodeId { writer: id, seq: p };
+            let Some(ours) = self.signed_node(st, prev_id).await? else {
+                return Ok(false);
+            };
+            if ours.hash != signed.block.prev {
+                let core_prev = self.read_signed(st, prev_id).await?;
+                match core_prev {
+                    Some(other) if other.hash == ours.hash => {
+                        // Same log, bad link: every peer sees this block.
+                        Self::freeze(st, id);
+                    }
+                    Some(other) if verify_node(&vk, &other.hash, &other.sig) => {
+                        // The core moved to another fork under us.
+                        let proof = Equivocation::new(vk.to_bytes(), p, ours, other.node());
+                        self.found(st, proof).await?;
+                        st.fork_blocked = true;
+                    }
+                    _ => {}
+                }
+                return Ok(false);
+            }
+        }
+        let mut refs = Vec::with_capacity(signed.block.heads.len());
+        let mut exact = true;
+        for h in &signed.block.heads {
+            let w = self.input(st, h.key).await?;
+            let node = NodeId {
+                writer: w,
+                seq: h.length - 1,
+            };
+            let cut = st.base_host.cut(&h.key);
+            let named = SignedNode {
+                hash: h.hash,
+                signature: h.sig,
+            };
+            // The named node as this peer holds it, and its height when it
+            // is below the linearizer's window.
+            let (ours, height) = match st.lin.presence(node) {
+                Presence::Present => (held(st, node), None),
+                Presence::Pruned => match self.read_signed(st, node).await? {
+                    Some(b) => {
+                        if let Some(i) = st.inputs.get_mut(&w) {
+                            i.wants.remove(&node.seq);
+                        }
+                        (Some(b.node()), Some(b.block.height))
+                    }
+                    None => {
+                        if let Some(input) = st.inputs.get_mut(&w) {
+                            // Below the download range (or not arrived
+                            // after a fast-forward): fetch that block.
+                            let core = input.core.clone();
+                            input
+                                .wants
+                                .entry(node.seq)
+                                .or_insert_with(|| core.download(node.seq, node.seq + 1));
+                        }
+                        (None, None)
+                    }
+                },
+                Presence::Absent => (None, None),
+            };
+            match (ours, cut) {
+                (Some(o), _) if o.hash == named.hash => {
+                    // Same node: the signature must be the writer's too
+                    // (checked in full only when the bytes differ).
+                    if o.signature != named.signature {
+                        let ok = match Self::verifying_key(st, w) {
+                            Ok(Some(wk)) => verify_node(&wk, &named.hash, &named.signature),
+                            Ok(None) => return Ok(false),
+                            Err(()) => false,
+                        };
+                        if !ok {
+                            Self::freeze(st, id);
+                            return Ok(false);
+                        }
+                    }
+                    refs.push(HeadRef { node, height });
+                }
+                (Some(o), None) => {
+                    // Another fork of that writer: a proof if the writer
+                    // signed it, and the block waits until the cut.
+                    match Self::verifying_key(st, w) {
+                        Ok(Some(wk)) if verify_node(&wk, &named.hash, &named.signature) => {
+                            let proof = Equivocation::new(wk.to_bytes(), node.seq, o, named);
+                            self.found(st, proof).await?;
+                            st.fork_blocked = true;
+                            return Ok(false);
+                        }
+                        Ok(None) => return Ok(false),
+                        _ => {
+                            Self::freeze(st, id);
+                            return Ok(false);
+                        }
+                    }
+                }
+                (None, None) => {
+                    // Not read yet; if the writer is known to fork, its
+                    // core may never hold this fork here.
+                    st.fork_blocked |= st.proofs.contains_key(&h.key);
+                    return Ok(false);
+                }
+                (None, Some(c)) if h.length <= c.at => return Ok(false),
+                (_, Some(c)) => {
+                    // A node of a cut writer past its cut, or on a fork that
+                    // was not indexed: dropped from this node's parents (the
+                    // signature is still checked, as on a peer that holds it).
+                    let ok = VerifyingKey::from_bytes(&c.public_key)
+                        .is_ok_and(|wk| verify_node(&wk, &named.hash, &named.signature));
+                    if !ok {
+                        Self::freeze(st, id);
+                        return Ok(false);
+                    }
+                    exact = false;
+                }
+            }
+        }
+        match st
+            .lin
+            .add_node_with(id, seq, &refs, signed.block.height, exact)
+        {
+            Ok(()) => {
+                st.blocks
+                    .insert(NodeId { writer: id, seq }, Arc::new(signed));
+                Ok(true)
+            }
+            Err(crate::linearizer::LinearizeError::Missing(_)) => Ok(false),
+            Err(_) => {
+                Self::freeze(st, id);
+                Ok(false)
             }
         }
     }
@@ -1066,20 +1386,23 @@ impl Autobase {
             loop {
                 let order = st.lin.order();
                 self.apply_order(st, &order, order.final_len).await?;
-                let (n, changed) = {
+                let (n, changed, cut) = {
                     let mut n = 0;
-                    let mut changed = false;
+                    let (mut changed, mut cut) = (false, false);
                     let mut prev = st.base_host.indexer_keys();
+                    let mut prev_cuts = st.base_host.cuts();
                     for a in st.applied.iter().take(order.final_len) {
                         n += 1;
                         let now = a.host.indexer_keys();
-                        if now != prev {
-                            changed = true;
+                        let now_cuts = a.host.cuts();
+                        changed = now != prev;
+                        cut = now_cuts != prev_cuts;
+                        if changed || cut {
                             break;
                         }
-                        prev = now;
+                        (prev, prev_cuts) = (now, now_cuts);
                     }
-                    (n, changed)
+                    (n, changed, cut)
                 };
                 if n == 0 {
                     break;
@@ -1087,7 +1410,9 @@ impl Autobase {
                 st.lin.commit(&order, n);
                 let last: Vec<Applied> = st.applied.drain(..n).collect();
                 for a in &last {
-                    st.blocks.remove(&a.node);
+                    if let Some(b) = st.blocks.remove(&a.node) {
+                        st.tips.insert(a.node.writer, (a.node.seq, b.node()));
+                    }
                 }
                 if let Some(a) = last.last() {
                     st.base_host = a.host.clone();
@@ -1102,6 +1427,9 @@ impl Autobase {
                     for k in keys {
                         self.input(st, k).await?;
                     }
+                }
+                if cut {
+                    self.rebuild(st).await?;
                 }
                 // The next decision may already be made.
             }
@@ -1135,6 +1463,12 @@ impl Autobase {
                 self.emit(Event::Writable);
             }
             st.was_writable = writable;
+            if let Some(proof) = self.evidence_to_write(st) {
+                st.evidence_written.insert(proof.writer());
+                self.write_local(st, Body::Evidence(Box::new(proof)))
+                    .await?;
+                continue;
+            }
             if self.should_ack(st) {
                 self.write_local(st, Body::Ack).await?;
                 continue;
@@ -1153,6 +1487,39 @@ impl Autobase {
         }
     }
 
+    /// A proof this peer holds against a writer not cut yet, that this peer
+    /// (a writer) has not written into its input yet.
+    fn evidence_to_write(&self, st: &State) -> Option<Equivocation> {
+        if !st.base_host.is_writer(&self.inner.local_key) {
+            return None;
+        }
+        let indexers = st.base_host.indexer_keys();
+        st.proofs
+            .iter()
+            .filter(|(w, _)| {
+                !st.evidence_written.contains(*w)
+                    && st.base_host.cut(w).is_none()
+                    && indexers.as_slice() != [**w]
+            })
+            .min_by_key(|(w, _)| **w)
+            .map(|(_, p)| p.clone())
+    }
+
+    /// Starts the uncommitted part over after a writer was cut: a
+    /// linearizer from the committed frontier, and every input re-read
+    /// (nodes of the cut writer past its cut are not, and heads naming them
+    /// are dropped), as every peer does at this same indexed point.
+    async fn rebuild(&self, st: &mut State) -> Result<(), Error> {
+        st.lin = Linearizer::from_checkpoint(&st.lin.checkpoint(), st.lin.committed_count());
+        st.blocks.clear();
+        st.applied.clear();
+        for i in st.inputs.values_mut() {
+            i.frozen = false;
+        }
+        self.set_indexers(st);
+        self.pull(st).await
+    }
+
     /// An indexer acks when some uncommitted node carries values and its own
     /// latest node does not cover everything it knows.
     fn should_ack(&self, st: &State) -> bool {
@@ -1163,7 +1530,7 @@ impl Autobase {
         let pending_values = st
             .blocks
             .values()
-            .any(|b| matches!(b.body, Body::Values(_)));
+            .any(|b| !matches!(b.block.body, Body::Ack));
         if !pending_values {
             return false;
         }
@@ -1229,21 +1596,43 @@ impl Autobase {
             host: host.clone(),
             rejected,
         };
-        let values = match block.as_deref().map(|b| &b.body) {
-            Some(Body::Values(v)) => v,
-            _ => {
-                st.applied.push(entry);
-                return Ok(());
-            }
-        };
+        let body = block.as_deref().map(|b| &b.block.body);
+        if matches!(body, None | Some(Body::Ack)) {
+            st.applied.push(entry);
+            return Ok(());
+        }
         if !host.is_writer(&key) {
             entry.rejected += 1;
             st.applied.push(entry);
             return Ok(());
         }
+        let values = match body {
+            Some(Body::Values(v)) => v,
+            Some(Body::Evidence(proof)) => {
+                // Cut the writer after its nodes ordered so far: a function
+                // of the order, so the same on every peer.
+                let w = proof.writer();
+                if proof.verify().is_ok() && host.cut(&w).is_none() {
+                    let at = st.lin.writer_id(&w).map_or(0, |wid| {
+                        st.lin.committed_len(wid)
+                            + st.applied.iter().filter(|a| a.node.writer == wid).count() as u64
+                    });
+                    let mut new_host = (*host).clone();
+                    if new_host.cut_writer(w, at, proof.public_key) {
+                        entry.host = Arc::new(new_host);
+                    }
+                }
+                st.applied.push(entry);
+                return Ok(());
+            }
+            _ => {
+                st.applied.push(entry);
+                return Ok(());
+            }
+        };
         let heads: Vec<([u8; 32], u64)> = block
             .as_deref()
-            .map(|b| b.heads.iter().map(|h| (h.key, h.length)).collect())
+            .map(|b| b.block.heads.iter().map(|h| (h.key, h.length)).collect())
             .unwrap_or_default();
         let nodes: Vec<Node> = values
             .iter()
@@ -1310,6 +1699,7 @@ impl Autobase {
             host: (*st.base_host).clone(),
             views: (*st.base_views).clone(),
             rejected: st.base_rejected,
+            tips: self.committed_tips(st),
         };
         let bytes = postcard::to_allocvec(&rec).map_err(|_| Error::Corrupt("encode record"))?;
         let mut b = StorageBatch::new();
@@ -1334,6 +1724,7 @@ pub const CHECKPOINT_EXTENSION: &str = "autobase/checkpoint";
 const MSG_REQUEST: u8 = 0;
 const MSG_OFFER: u8 = 1;
 const MSG_BLOCKS: u8 = 2;
+const MSG_EQUIVOCATION: u8 = 3;
 /// Block bytes per answer message (one larger block goes alone).
 const CHUNK_BYTES: usize = 256 * 1024;
 /// Distinct checkpoints a joiner keeps while waiting (forged ones included).
@@ -1350,6 +1741,37 @@ fn blocks_message(id: &[u8; 32], view: u32, start: u64, blocks: &[Vec<u8>]) -> V
         m.extend_from_slice(b);
     }
     m
+}
+
+/// Every view's blocks, in view order.
+type ViewBlocks = Vec<Vec<Vec<u8>>>;
+
+/// A request for the checkpoint `id` by a peer that holds the first
+/// `have[v]` blocks of each view `v` of it.
+fn request_message(id: &[u8; 32], have: &[u64]) -> Vec<u8> {
+    let mut m = vec![MSG_REQUEST];
+    m.extend_from_slice(id);
+    m.extend_from_slice(&(have.len() as u32).to_le_bytes());
+    for h in have {
+        m.extend_from_slice(&h.to_le_bytes());
+    }
+    m
+}
+
+/// Decodes a request body (after the type byte): `None` for a plain
+/// request (or a malformed one), which gets everything.
+fn decode_request(b: &[u8]) -> Option<([u8; 32], Vec<u64>)> {
+    let id: [u8; 32] = b.get(..32)?.try_into().ok()?;
+    let n = u32::from_le_bytes(b.get(32..36)?.try_into().ok()?) as usize;
+    let rest = b.get(36..)?;
+    if rest.len() != n.checked_mul(8)? {
+        return None;
+    }
+    let have = rest
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+        .collect();
+    Some((id, have))
 }
 
 /// Decodes a blocks message body (after the type byte); `None` when malformed.
@@ -1411,6 +1833,14 @@ impl Offer {
         }
     }
 
+    /// How many leading blocks of each view are in.
+    fn have(&self) -> Vec<u64> {
+        self.blocks
+            .iter()
+            .map(|v| v.iter().take_while(|b| b.is_some()).count() as u64)
+            .collect()
+    }
+
     /// Every view's blocks, once all are in.
     fn complete(&self) -> Option<Vec<Vec<Vec<u8>>>> {
         if self.blocks.len() != self.signed.checkpoint.views.len() {
@@ -1436,10 +1866,33 @@ impl Autobase {
     pub async fn serve_checkpoints(&self) -> Result<(), Error> {
         let core = self.inner.store.get_by_key(self.inner.key).await?;
         let mut rx = core.extension(CHECKPOINT_EXTENSION);
+        let mut events = Box::pin(self.events()).fuse();
         let mut heard: HashMap<[u8; 32], SignedCheckpoint> = HashMap::new();
-        while let Some((_peer, msg)) = rx.next().await {
-            match msg.split_first() {
-                Some((&MSG_REQUEST, _)) => {}
+        let mut pushed: Option<u64> = None;
+        // The view blocks of the last checkpoint served, by checkpoint id.
+        let mut cache: Option<([u8; 32], ViewBlocks)> = None;
+        self.push_signature(&core, &mut pushed).await;
+        loop {
+            let msg = futures::select! {
+                m = rx.next() => match m {
+                    Some((_peer, msg)) => msg,
+                    None => return Ok(()),
+                },
+                e = events.next() => {
+                    if let Some(Event::Updated { .. }) = e {
+                        self.push_signature(&core, &mut pushed).await;
+                    }
+                    continue;
+                }
+            };
+            let have = match msg.split_first() {
+                Some((&MSG_REQUEST, body)) => decode_request(body),
+                Some((&MSG_EQUIVOCATION, body)) => {
+                    if let Ok(p) = Equivocation::decode(body) {
+                        self.add_equivocation(p).await?;
+                    }
+                    continue;
+                }
                 Some((&MSG_OFFER, body)) => {
                     if let Ok(mut s) = SignedCheckpoint::decode(body) {
                         s.retain_valid();
@@ -1459,7 +1912,7 @@ impl Autobase {
                     continue;
                 }
                 _ => continue,
-            }
+            };
             let mut signed = match self.sign_checkpoint().await {
                 Ok(s) => s,
                 Err(_) => SignedCheckpoint::unsigned(self.checkpoint().await),
@@ -1474,10 +1927,27 @@ impl Autobase {
             let mut offer = vec![MSG_OFFER];
             offer.extend_from_slice(&signed.encode());
             core.send_extension(CHECKPOINT_EXTENSION, offer);
-            for (v, vc) in signed.checkpoint.views.iter().enumerate() {
-                let blocks = self.view_blocks(&vc.name).await?;
-                let blocks = blocks.get(..vc.length as usize).unwrap_or(&blocks);
-                let mut start = 0usize;
+            if cache.as_ref().is_none_or(|(cid, _)| *cid != id) {
+                let mut views = Vec::with_capacity(signed.checkpoint.views.len());
+                for vc in &signed.checkpoint.views {
+                    let mut blocks = self.view_blocks(&vc.name).await?;
+                    blocks.truncate(vc.length as usize);
+                    views.push(blocks);
+                }
+                cache = Some((id, views));
+            }
+            let Some((_, views)) = &cache else {
+                continue;
+            };
+            // Only what the requester lacks, when it gathers this same
+            // checkpoint; everything otherwise.
+            let have = have.filter(|(rid, _)| *rid == id).map(|(_, h)| h);
+            for (v, blocks) in views.iter().enumerate() {
+                let from = have
+                    .as_ref()
+                    .and_then(|h| h.get(v))
+                    .map_or(0, |&n| usize::try_from(n).unwrap_or(usize::MAX));
+                let mut start = from.min(blocks.len());
                 while start < blocks.len() {
                     let mut end = start;
                     let mut size = 0usize;
@@ -1495,7 +1965,21 @@ impl Autobase {
                 }
             }
         }
-        Ok(())
+    }
+
+    /// Broadcasts this peer's signature over its indexed state (if it is an
+    /// indexer and has not pushed one for this indexed length yet), so
+    /// other indexers and joiners gather a quorum without asking.
+    async fn push_signature(&self, core: &Core, pushed: &mut Option<u64>) {
+        if let Ok(s) = self.sign_checkpoint().await {
+            let length = s.checkpoint.indexed_length;
+            if *pushed != Some(length) {
+                *pushed = Some(length);
+                let mut offer = vec![MSG_OFFER];
+                offer.extend_from_slice(&s.encode());
+                core.send_extension(CHECKPOINT_EXTENSION, offer);
+            }
+        }
     }
 
     /// Asks connected peers (over the replication session, see
@@ -1529,7 +2013,19 @@ impl Autobase {
             // Peers may connect later, and a peer may relay a genuine
             // checkpoint with bad blocks or none: ask again, less and less
             // often (every answer resends the views).
-            core.send_extension(CHECKPOINT_EXTENSION, vec![MSG_REQUEST]);
+            let request = {
+                let st = self.inner.state.lock().await;
+                let trusted = st.base_host.indexer_keys();
+                drop(st);
+                let gathering = offers
+                    .iter()
+                    .find(|(_, o)| o.signed.verify(&self.inner.key, &trusted).is_ok());
+                match gathering {
+                    Some((id, o)) => request_message(id, &o.have()),
+                    None => vec![MSG_REQUEST],
+                }
+            };
+            core.send_extension(CHECKPOINT_EXTENSION, request);
             let mut tick = clock.sleep(retry.min(deadline - now)).fuse();
             retry = (retry * 2).min(std::time::Duration::from_secs(2));
             loop {

@@ -19,7 +19,7 @@ use hypercore_rs::hash::{tree_hash, Node as TreeNode};
 use hypercore_rs::{KeyPair, Manifest, PublicKey, Sig};
 use serde::{Deserialize, Serialize};
 
-const CHECKPOINT_VERSION: u8 = 1;
+const CHECKPOINT_VERSION: u8 = 2;
 const SIGN_DOMAIN: &str = "autobase-rs/checkpoint/v1";
 
 /// The most signatures a checkpoint may carry (more is malformed).
@@ -77,6 +77,20 @@ pub struct ViewCheckpoint {
     pub hash: [u8; 32],
 }
 
+/// The last committed node of one writer: pins the fork of its log that was
+/// indexed, so a peer that continues from a checkpoint checks the next
+/// blocks it reads chain onto it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct CommittedTip {
+    /// The writer's key.
+    pub key: [u8; 32],
+    /// The node's position in the writer's input.
+    pub seq: u64,
+    /// Its hash and the writer's signature.
+    pub node: crate::equivocation::SignedNode,
+}
+
 /// The indexed state of a base at one indexed length.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -95,6 +109,8 @@ pub struct Checkpoint {
     pub rejected: u64,
     /// Every view at the indexed length, in the base's view order.
     pub views: Vec<ViewCheckpoint>,
+    /// The last committed node of every writer with committed nodes, by key.
+    pub tips: Vec<CommittedTip>,
 }
 
 /// One indexer's signature over a checkpoint.
@@ -130,11 +146,18 @@ impl Checkpoint {
         host: &Host,
         rejected: u64,
         views: Vec<ViewCheckpoint>,
+        mut tips: Vec<CommittedTip>,
     ) -> Self {
         // Writers with nothing committed depend on what a peer happened to
         // see; ids depend on arrival order: keep the committed, by key.
         writers.retain(|w| w.committed > 0);
         writers.sort_by_key(|w| w.key);
+        tips.retain(|t| {
+            writers
+                .iter()
+                .any(|w| w.key == t.key && w.committed == t.seq + 1)
+        });
+        tips.sort_by_key(|t| t.key);
         Checkpoint {
             version: CHECKPOINT_VERSION,
             base,
@@ -143,6 +166,7 @@ impl Checkpoint {
             members: host.writers().to_vec(),
             rejected,
             views,
+            tips,
         }
     }
 
@@ -345,7 +369,7 @@ mod tests {
             let mut host = Host::default();
             host.add_writer(base, true).unwrap();
             let views = vec![ViewCheckpoint { name: "view".into(), length: 7, hash: [1; 32] }];
-            let cp = Checkpoint::new(base, 9, Vec::new(), &host, 2, views);
+            let cp = Checkpoint::new(base, 9, Vec::new(), &host, 2, views, Vec::new());
             let mut s = SignedCheckpoint::unsigned(cp);
             s.sign(&kp);
             let mut bytes = s.encode();
@@ -367,7 +391,7 @@ mod tests {
         host.add_writer(base, true).unwrap();
         host.add_writer(writer_key(&other.public_key()), true)
             .unwrap();
-        let cp = Checkpoint::new(base, 5, Vec::new(), &host, 0, Vec::new());
+        let cp = Checkpoint::new(base, 5, Vec::new(), &host, 0, Vec::new(), Vec::new());
         let mut s = SignedCheckpoint::unsigned(cp);
         s.sign(&kp);
         let dup = s.signatures[0].clone();

@@ -43,16 +43,18 @@
 
 mod base;
 pub mod checkpoint;
+pub mod equivocation;
 mod error;
 pub mod linearizer;
 mod node;
 
 pub use base::{
-    Apply, Autobase, AutobaseBuilder, Event, Host, View, WriterInfo, CHECKPOINT_EXTENSION,
+    Apply, Autobase, AutobaseBuilder, Cut, Event, Host, View, WriterInfo, CHECKPOINT_EXTENSION,
 };
-pub use checkpoint::{Checkpoint, CheckpointError, SignedCheckpoint};
+pub use checkpoint::{Checkpoint, CheckpointError, CommittedTip, SignedCheckpoint};
+pub use equivocation::{Equivocation, EquivocationError, SignedNode};
 pub use error::{ApplyError, Error};
-pub use node::{Node, MAX_HEADS, NODE_VERSION};
+pub use node::{block_values, Node, MAX_HEADS, NODE_VERSION};
 
 /// The README's example, compiled and run as a doc test.
 #[cfg(doctest)]

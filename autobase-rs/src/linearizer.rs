@@ -346,6 +346,21 @@ impl Linearizer {
         heads: &[HeadRef],
         height: u64,
     ) -> Result<(), LinearizeError> {
+        self.add_node_with(writer, seq, heads, height, true)
+    }
+
+    /// [`Linearizer::add_node`], where `exact_height: false` only requires
+    /// `height` to be above every given parent's: for a node some of whose
+    /// heads were dropped (they named nodes of a writer cut for
+    /// equivocating), whose author counted parents this linearizer omits.
+    pub fn add_node_with(
+        &mut self,
+        writer: WriterId,
+        seq: u64,
+        heads: &[HeadRef],
+        height: u64,
+        exact_height: bool,
+    ) -> Result<(), LinearizeError> {
         let log = self
             .logs
             .get(writer as usize)
@@ -407,7 +422,12 @@ impl Linearizer {
                 }
             }
         }
-        if max_h.checked_add(1) != Some(height) {
+        let height_ok = if exact_height {
+            max_h.checked_add(1) == Some(height)
+        } else {
+            height > max_h
+        };
+        if !height_ok {
             return Err(LinearizeError::Invalid(
                 "height is not 1 + the parents' largest",
             ));

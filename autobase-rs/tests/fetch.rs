@@ -202,3 +202,83 @@ async fn a_non_indexer_relays_the_signatures_it_heard() {
         a.view_hash("view").await.unwrap()
     );
 }
+
+#[tokio::test]
+async fn indexers_push_their_signatures_unasked() {
+    let (a, b) = history(20).await;
+    serve(&a);
+    serve(&b);
+    // New indexed states: each indexer pushes its signature to the other
+    // without anyone asking.
+    a.append(b"pnew=1".to_vec()).await.unwrap();
+    settle(&[&a, &b], || async { converged(&[&a, &b]).await }).await;
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    let history = a.indexed_length().await;
+    // A joiner connected to a alone: a's signature is half of the quorum,
+    // b's arrives relayed by a.
+    let (d, calls) = open(Arc::new(MemoryStorage::new()), Some(a.key())).await;
+    connect(&a, &d);
+    assert!(d
+        .fast_forward_from_peers(Duration::from_secs(10))
+        .await
+        .unwrap());
+    assert_eq!(calls.load(Ordering::Relaxed), 0);
+    assert_eq!(d.indexed_length().await, history);
+    assert_eq!(
+        d.view_hash("view").await.unwrap(),
+        a.view_hash("view").await.unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_requester_gets_only_the_blocks_it_lacks() {
+    let (a, _b) = history(20).await;
+    serve(&a);
+    let e = mem(Some(a.key())).await;
+    connect(&a, &e);
+    settle(&[&a, &e], || async { converged(&[&a, &e]).await }).await;
+    let core = e.store().get_by_key(a.key()).await.unwrap();
+    let mut rx = core.extension(CHECKPOINT_EXTENSION);
+    // A plain request: the offer, then every view block.
+    core.send_extension(CHECKPOINT_EXTENSION, vec![0]);
+    let (mut signed, mut blocks) = (None, 0usize);
+    let total = a.view_blocks("view").await.unwrap().len();
+    while blocks < total {
+        let m = next_msg(&mut rx).await;
+        match m.first() {
+            Some(1) => signed = Some(autobase_rs::SignedCheckpoint::decode(&m[1..]).unwrap()),
+            Some(2) => blocks += u32::from_le_bytes(m[45..49].try_into().unwrap()) as usize,
+            _ => {}
+        }
+    }
+    let signed = signed.unwrap();
+    // Asking again for the same checkpoint, holding all but 3 blocks:
+    // only those 3 come.
+    let mut req = vec![0u8];
+    req.extend_from_slice(&signed.checkpoint.signable());
+    req.extend_from_slice(&1u32.to_le_bytes());
+    req.extend_from_slice(&(total as u64 - 3).to_le_bytes());
+    core.send_extension(CHECKPOINT_EXTENSION, req);
+    let mut again = Vec::new();
+    while again.iter().sum::<usize>() < 3 {
+        let m = next_msg(&mut rx).await;
+        if m.first() == Some(&2) {
+            let start = u64::from_le_bytes(m[37..45].try_into().unwrap());
+            assert_eq!(start, total as u64 - 3);
+            again.push(u32::from_le_bytes(m[45..49].try_into().unwrap()) as usize);
+        }
+    }
+    assert_eq!(again, vec![3]);
+}
+
+async fn next_msg(rx: &mut futures::channel::mpsc::UnboundedReceiver<(u64, Vec<u8>)>) -> Vec<u8> {
+    use futures::FutureExt;
+    let mut sleep =
+        hypercore_rs::Clock::sleep(&hypercore_rs::ThreadClock, Duration::from_secs(10)).fuse();
+    futures::select! {
+        m = rx.next() => m.unwrap().1,
+        _ = sleep => panic!("no answer"),
+    }
+}

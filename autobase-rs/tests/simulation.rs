@@ -163,12 +163,7 @@ async fn run(seed: u64, liar: Liar, c_indexes: bool) {
             let input = c.store().get_by_key(keys[2]).await.unwrap();
             let bad = match liar {
                 Liar::Malformed => vec![7u8, 7, 7],
-                _ => {
-                    let mut b = vec![1u8, 5, 1];
-                    b.extend([9u8; 32]);
-                    b.extend([0xE8, 0x07, 1, 1, 1, b'x']);
-                    b
-                }
+                _ => missing_head_block(c, &input, keys[0]).await,
             };
             input.append(&bad).await.unwrap();
             let r = c.append(b"pliar=after".to_vec()).await;
@@ -231,6 +226,46 @@ async fn run(seed: u64, liar: Liar, c_indexes: bool) {
         "seed {seed}"
     );
     cut(&mut links).await;
+}
+
+/// A well-formed, signed block of `c` that names node 999 of a writer that
+/// does not exist: it can never be placed.
+async fn missing_head_block(c: &Autobase, input: &hypercore_rs::Core, base: [u8; 32]) -> Vec<u8> {
+    use ed25519_dalek::Signer;
+    let seq = input.length();
+    let prev = if seq == 0 {
+        [0u8; 32]
+    } else {
+        let b = input.get(seq - 1).await.unwrap().unwrap();
+        let mut h = blake3::Hasher::new_derive_key("autobase-rs/node/v2");
+        h.update(&(seq - 1).to_le_bytes());
+        h.update(&b[..b.len() - 64]);
+        *h.finalize().as_bytes()
+    };
+    // postcard: version, height, prev, one head (key, length 1000, hash,
+    // signature as bytes), body Values(["x"]).
+    let mut content = vec![2u8, 5];
+    content.extend(prev);
+    content.push(1);
+    content.extend([9u8; 32]);
+    content.extend([0xE8, 0x07]);
+    content.extend([0u8; 32]);
+    content.push(64);
+    content.extend([0u8; 64]);
+    content.extend([1, 1, 1, b'x']);
+    let mut h = blake3::Hasher::new_derive_key("autobase-rs/node/v2");
+    h.update(&seq.to_le_bytes());
+    h.update(&content);
+    let hash = *h.finalize().as_bytes();
+    let kp = c
+        .store()
+        .namespace("autobase-rs")
+        .namespace(&hex(&base))
+        .key_pair("local");
+    let sk = ed25519_dalek::SigningKey::from_bytes(&kp.seed());
+    let sig = sk.sign(&blake3::derive_key("autobase-rs/node-signature/v2", &hash));
+    content.extend(sig.to_bytes());
+    content
 }
 
 #[tokio::test]

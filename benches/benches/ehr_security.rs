@@ -64,6 +64,15 @@ fn put_get(c: &mut Criterion) {
                 .expect("present")
         })
     });
+    // The first read of a shell (no cache of opened shells): probe, base64,
+    // XSalsa20-Poly1305 and the binding check on the stored bytes.
+    let shell = block_on(secure.record().get("Observation", "o1"))
+        .expect("get")
+        .and_then(|v| v.resource)
+        .expect("present");
+    g.bench_function("open/sealed-uncached", |b| {
+        b.iter(|| block_on(secure.open_stored(&shell)).expect("open"))
+    });
     g.finish();
 }
 

@@ -155,6 +155,24 @@ pub enum Rejection {
     /// for one that has none (or the record's first owner).
     #[error("grant change not possible: {0}")]
     Membership(String),
+    /// A second redemption of an invite: another patient device granted
+    /// it first (in linear order) to `first`.
+    #[error("invite {invite} was already redeemed by writer {first}")]
+    InviteTaken {
+        /// The invite's id (hex).
+        invite: String,
+        /// The writer that redeemed it first (hex).
+        first: String,
+    },
+    /// Content written in clear in a sealed record
+    /// ([`crate::sealed_policy`]).
+    #[error("clear content in a sealed record{}: {reason}", entry_suffix(*entry))]
+    Clear {
+        /// What is in clear.
+        reason: String,
+        /// For an import, the failing entry.
+        entry: Option<u32>,
+    },
 }
 
 /// What happened to a node.
@@ -186,6 +204,8 @@ struct Ctx {
     time: u64,
     now: u64,
     grant: Grant,
+    /// The record is sealed: clear content is refused.
+    sealed: bool,
 }
 
 /// One planned resource write.
@@ -303,6 +323,7 @@ async fn decide<K: Kv + ?Sized>(
         time: op.time,
         now: op.time.max(clock),
         grant: wrec.grant,
+        sealed: kv.get(crate::sealed_policy::SEALED_KEY).await?.is_some(),
     };
     if ctx.grant.expires.is_some_and(|e| ctx.now >= e) {
         return Ok(Err(denied(Denied::Expired, None)));
@@ -316,6 +337,31 @@ async fn decide<K: Kv + ?Sized>(
             membership(kv, members, &ctx, writer, Some(grant), false).await?
         }
         OpBody::Revoke { writer } => membership(kv, members, &ctx, writer, None, false).await?,
+        OpBody::InviteGrant {
+            invite,
+            writer,
+            grant,
+        } => {
+            // First redemption in linear order wins (see `invite_net`).
+            let key = crate::invite_net::redemption_key(&invite);
+            match kv.get(&key).await? {
+                Some(first) => Err(crate::invite_net::taken(&invite, &first)),
+                None => {
+                    let r = membership(kv, members, &ctx, writer, Some(grant), true).await?;
+                    if r.is_ok() {
+                        kv.put(&key, &writer).await?;
+                    }
+                    r
+                }
+            }
+        }
+        OpBody::RequireSealed if ctx.grant.role != Role::Owner => {
+            Err(denied(Denied::NotOwner, None))
+        }
+        OpBody::RequireSealed => {
+            kv.put(crate::sealed_policy::SEALED_KEY, &[1]).await?;
+            Ok(())
+        }
         OpBody::Put { resource, expect } => {
             let info = parsed_at(0);
             match plan_put(kv, &ctx, resource, info, expect, None, &mut HashMap::new()).await? {
@@ -475,6 +521,11 @@ async fn plan_put<K: Kv + ?Sized>(
     };
     if let Err(e) = res.check_patient(&ctx.genesis.patient) {
         return Ok(Err(invalid(e, entry)));
+    }
+    if ctx.sealed {
+        if let Some(reason) = crate::sealed_policy::clear_content(&res, ctx.grant.role) {
+            return Ok(Err(Rejection::Clear { reason, entry }));
+        }
     }
     let target = ResourceRef {
         resource_type: res.resource_type().to_owned(),

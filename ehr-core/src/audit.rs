@@ -3,7 +3,9 @@
 //!
 //! **Who writes them.** The acting patient device writes an AuditEvent
 //! resource (an ordinary op, so it is signed into its log and replicated)
-//! whenever it shares keys, revokes, creates, cancels or answers an invite
+//! whenever it grants, changes or revokes a writer (through
+//! [`crate::Record::grant`] and friends, whichever path called them), shares
+//! keys, creates, cancels or answers an invite
 //! (refusals of known invites included), and when emergency access is
 //! recorded. Writes the record refuses are not written by anyone: they are
 //! already recorded deterministically by `apply` on every peer, and
@@ -42,6 +44,8 @@ pub enum AuditAction {
     Share,
     /// A writer was granted.
     Grant,
+    /// A writer's grant was changed.
+    ChangeGrant,
     /// A writer was revoked and keys rotated.
     Revoke,
     /// An invite was created.
@@ -64,6 +68,7 @@ impl AuditAction {
         match self {
             AuditAction::Share => "share",
             AuditAction::Grant => "grant",
+            AuditAction::ChangeGrant => "grant-changed",
             AuditAction::Revoke => "revoke",
             AuditAction::InviteCreated => "invite-created",
             AuditAction::InviteRedeemed => "invite-redeemed",
@@ -161,42 +166,13 @@ impl AuditPackage {
     }
 }
 
-/// autobase-rs's input block layout (its `node::Block`, version 1).
-#[derive(Deserialize)]
-struct WireHead {
-    _key: [u8; 32],
-    _length: u64,
-}
-
-#[derive(Deserialize)]
-enum WireBody {
-    Ack,
-    Values(Vec<serde_bytes::ByteBuf>),
-}
-
-#[derive(Deserialize)]
-struct WireBlock {
-    version: u8,
-    _height: u64,
-    _heads: Vec<WireHead>,
-    body: WireBody,
-}
-
-/// The ops in an autobase input block.
-fn block_ops(bytes: &[u8]) -> Vec<Op> {
-    match postcard::from_bytes::<WireBlock>(bytes) {
-        Ok(WireBlock {
-            version: 1,
-            body: WireBody::Values(v),
-            ..
-        }) => v.iter().filter_map(|b| Op::decode(b).ok()).collect(),
-        Ok(WireBlock {
-            body: WireBody::Ack,
-            ..
-        })
-        | Ok(_)
-        | Err(_) => Vec::new(),
-    }
+/// The ops in an autobase input block (node `seq` of its writer's core).
+fn block_ops(bytes: &[u8], seq: u64) -> Vec<Op> {
+    autobase_rs::block_values(bytes, seq)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|b| Op::decode(b).ok())
+        .collect()
 }
 
 fn audit_events_of(op: &Op) -> Vec<Vec<u8>> {
@@ -270,7 +246,7 @@ pub async fn verify_audit_package(
         }
         let bytes = verify_block(l).await?;
         let mut linked = false;
-        for op in block_ops(&bytes) {
+        for op in block_ops(&bytes, l.index) {
             if let OpBody::Grant { writer, grant } | OpBody::ChangeGrant { writer, grant } = op.body
             {
                 if grant.role == Role::Owner {
@@ -289,13 +265,72 @@ pub async fn verify_audit_package(
             return Err(AuditError::Unlinked);
         }
         let bytes = verify_block(e).await?;
-        let events: Vec<Vec<u8>> = block_ops(&bytes).iter().flat_map(audit_events_of).collect();
+        let events: Vec<Vec<u8>> = block_ops(&bytes, e.index)
+            .iter()
+            .flat_map(audit_events_of)
+            .collect();
         if events.is_empty() {
             return Err(AuditError::BadBlock);
         }
         out.extend(events);
     }
     Ok(out)
+}
+
+/// A grant in words, for an AuditEvent's description.
+pub(crate) fn describe_grant(g: &crate::consent::Grant) -> String {
+    let scopes: Vec<String> = g
+        .scopes
+        .iter()
+        .map(|s| {
+            let perms: String = [
+                (crate::consent::Perms::CREATE, 'c'),
+                (crate::consent::Perms::READ, 'r'),
+                (crate::consent::Perms::UPDATE, 'u'),
+                (crate::consent::Perms::DELETE, 'd'),
+                (crate::consent::Perms::SEARCH, 's'),
+            ]
+            .iter()
+            .filter(|(p, _)| s.perms.contains(*p))
+            .map(|(_, c)| *c)
+            .collect();
+            format!(
+                "patient/{}.{perms}",
+                s.resource_type.as_deref().unwrap_or("*")
+            )
+        })
+        .collect();
+    let mut d = format!("role {:?}", g.role);
+    if !scopes.is_empty() {
+        d.push_str(&format!(", scopes {}", scopes.join(" ")));
+    }
+    if let Some(e) = g.expires {
+        d.push_str(&format!(", expires {}", format_instant(e)));
+    }
+    d
+}
+
+/// Writes an AuditEvent by `record`'s device (see [`SecureRecord::audit`]).
+pub(crate) async fn write_audit(
+    record: &crate::record::Record,
+    action: AuditAction,
+    success: bool,
+    what: &str,
+    detail: &str,
+) -> Result<(), Error> {
+    let id: [u8; 16] = crate::keys::random(&*record.inner.entropy)
+        .map_err(crate::scope_crypto::SealError::from)?;
+    let json = audit_json(
+        &crate::view::hex(&id),
+        action,
+        record.inner.clock.now_ms(),
+        success,
+        &record.writer_key(),
+        what,
+        detail,
+    );
+    record.put(json.to_string().into_bytes()).await?;
+    Ok(())
 }
 
 impl SecureRecord {
@@ -308,19 +343,7 @@ impl SecureRecord {
         what: &str,
         detail: &str,
     ) -> Result<(), Error> {
-        let id: [u8; 16] = crate::keys::random(&*self.record().inner.entropy)
-            .map_err(crate::scope_crypto::SealError::from)?;
-        let json = audit_json(
-            &crate::view::hex(&id),
-            action,
-            self.record().inner.clock.now_ms(),
-            success,
-            &self.record().writer_key(),
-            what,
-            detail,
-        );
-        self.record().put(json.to_string().into_bytes()).await?;
-        Ok(())
+        write_audit(self.record(), action, success, what, detail).await
     }
 
     /// The writes the record refused, as AuditEvents (derived from the
@@ -362,7 +385,7 @@ impl SecureRecord {
             let Some(bytes) = core.get(i).await? else {
                 continue;
             };
-            if block_ops(&bytes)
+            if block_ops(&bytes, i)
                 .iter()
                 .any(|op| !audit_events_of(op).is_empty())
             {
@@ -376,7 +399,7 @@ impl SecureRecord {
                 let Some(bytes) = root.get(i).await? else {
                     continue;
                 };
-                let grants_me = block_ops(&bytes).iter().any(|op| {
+                let grants_me = block_ops(&bytes, i).iter().any(|op| {
                     matches!(&op.body,
                         OpBody::Grant { writer, grant } | OpBody::ChangeGrant { writer, grant }
                         if *writer == me && grant.role == Role::Owner)

@@ -18,8 +18,8 @@
 //! rotates away every card past its validity. As with any revocation, what
 //! the card already opened cannot be recalled.
 //!
-//! Not built: k-of-n emergency contacts (would need the card secret split
-//! with a threshold scheme).
+//! For access by any `k` of `n` emergency contacts instead of one card, see
+//! [`crate::emergency_contacts`].
 
 use crate::audit::AuditAction;
 use crate::error::Error;
@@ -48,6 +48,13 @@ impl std::fmt::Debug for EmergencyCard {
 }
 
 impl EmergencyCard {
+    pub(crate) fn from_parts(record_key: [u8; 32], identity: Identity) -> EmergencyCard {
+        EmergencyCard {
+            record_key,
+            identity,
+        }
+    }
+
     /// The card's public identity.
     pub fn public(&self) -> IdentityPublic {
         self.identity.public()

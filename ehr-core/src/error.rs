@@ -39,6 +39,14 @@ pub enum Error {
     /// misplaced ciphertext.
     #[error("{0}")]
     Sealed(#[from] crate::scope_crypto::SealError),
+    /// An invite could not be redeemed (expired, used, cancelled, wrong
+    /// secret, nobody answered, ...); nothing was granted.
+    #[error("{0}")]
+    Invite(#[from] crate::invite::InviteError),
+    /// Emergency access by contacts: too few or forged shares, an expired
+    /// opening, no setup.
+    #[error("{0}")]
+    Emergency(#[from] crate::emergency_contacts::EmergencyError),
 }
 
 impl From<KvError> for Error {

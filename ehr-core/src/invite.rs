@@ -28,9 +28,20 @@
 //! ([`InviteError::BadProof`]). Swapping in another writer key fails the
 //! same way. Any failure grants nothing.
 //!
-//! Known limit: two patient devices that answer the same invite while
-//! partitioned from each other can both accept it; each marks it used, and
-//! the later grant is visible in the record.
+//! Two patient devices that answer the same invite while partitioned from
+//! each other can both accept it locally; the grant is an
+//! [`OpBody::InviteGrant`](crate::op::OpBody::InviteGrant), and `apply`
+//! lets only the first in linear order take effect: the later one is
+//! rejected on every peer and recorded as an
+//! [`InviteTaken`](crate::apply::Rejection::InviteTaken) rejection. Known
+//! limit: the losing provider was sent the invite's scope keys before the
+//! race was decided; rotate those scopes away from it
+//! ([`SecureRecord::rotate_away`]).
+//!
+//! Over the network (swarm connections or any secured channel), see
+//! [`SecureRecord::admit`], [`SecureRecord::redeem`],
+//! [`SecureRecord::sync_with_invites`] and
+//! [`SecureRecord::join_with_invite`].
 
 use crate::audit::AuditAction;
 use crate::consent::{Grant, Role};
@@ -84,6 +95,13 @@ pub enum InviteError {
     /// not an owner device).
     #[error("the patient device could not complete the grant")]
     Failed,
+    /// No patient device answered the redemption (unreachable, or the
+    /// connection closed before an answer).
+    #[error("no patient device answered the invite")]
+    NoAnswer,
+    /// The invite is for another record than the one redeeming it.
+    #[error("the invite is for another record")]
+    WrongRecord,
 }
 
 /// An invite as handed to a provider (see the module docs).
@@ -475,7 +493,20 @@ impl SecureRecord {
     /// with this `handshake_hash` (as seen by this device). On success the
     /// invite is marked used, the writer granted and the keys shared.
     pub async fn answer_invite(&self, handshake_hash: &[u8], request: &[u8]) -> Answer {
-        let result = self.try_answer(handshake_hash, request).await;
+        self.answer_invite_from(handshake_hash, request, None).await
+    }
+
+    /// [`SecureRecord::answer_invite`] for a request that arrived from the
+    /// network identity `peer` (the remote key of the secured channel): the
+    /// grant names it, so the record's firewall admits that peer from then
+    /// on (see [`Grant::peer`]).
+    pub async fn answer_invite_from(
+        &self,
+        handshake_hash: &[u8],
+        request: &[u8],
+        peer: Option<[u8; 32]>,
+    ) -> Answer {
+        let result = self.try_answer(handshake_hash, request, peer).await;
         // Refusals of invites this record issued are audited; junk and
         // unknown ids are not (anyone could flood the log with them).
         let id = match InviteMsg::decode(request) {
@@ -511,6 +542,7 @@ impl SecureRecord {
         &self,
         hh: &[u8],
         request: &[u8],
+        peer: Option<[u8; 32]>,
     ) -> Result<([u8; 32], WriterKey), InviteError> {
         let InviteMsg::Redeem {
             id,
@@ -544,14 +576,26 @@ impl SecureRecord {
         self.store_invite(&state)
             .await
             .map_err(|_| InviteError::Failed)?;
+        let grant = match peer {
+            Some(p) => state.grant.clone().with_peer(p),
+            None => state.grant.clone(),
+        };
+        // An invite grant: if another patient device granted this invite
+        // first (in linear order), every peer rejects this one.
         self.record()
-            .grant(writer, state.grant.clone())
+            .submit(crate::op::OpBody::InviteGrant {
+                invite: id,
+                writer,
+                grant,
+            })
             .await
             .map_err(|_| InviteError::Failed)?;
         let scopes: Vec<&str> = state.key_scopes.iter().map(String::as_str).collect();
-        self.share(identity, Some(writer), &scopes)
-            .await
-            .map_err(|_| InviteError::Failed)?;
+        if !scopes.is_empty() {
+            self.share(identity, Some(writer), &scopes)
+                .await
+                .map_err(|_| InviteError::Failed)?;
+        }
         let accept = mac(&state.mac_key, "accept", hh, &id, &writer, &identity);
         Ok((*accept.as_bytes(), writer))
     }

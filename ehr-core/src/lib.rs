@@ -50,16 +50,21 @@ mod attachment;
 pub mod audit;
 pub mod consent;
 pub mod emergency;
+pub mod emergency_contacts;
 mod error;
 pub mod fhir;
 pub mod invite;
+mod invite_net;
 mod json;
 pub mod keys;
 pub mod keystore;
 pub mod op;
+pub mod read_log;
 mod record;
 pub mod scope_crypto;
+pub mod sealed_policy;
 mod secure;
+pub mod shamir;
 mod sync;
 pub use sync::SyncHandle;
 mod view;
@@ -68,6 +73,7 @@ pub use attachment::{Attachment, ATTACHMENT_SCHEME};
 pub use consent::{Grant, Role, Scope};
 pub use error::Error;
 pub use invite::{Invite, InviteError, Redemption};
+pub use invite_net::{InviteServing, Redeemed, INVITE_CHANNEL, MAX_PENDING_REDEMPTIONS};
 pub use record::{
     Clock, Cursor, Head, Imported, ManualClock, Page, Query, Record, RecordBuilder, RejectedWrite,
     Summary, SystemClock, Version, Written, VIEW_NAME,

@@ -96,6 +96,22 @@ pub enum OpBody {
         /// The writer.
         writer: WriterKey,
     },
+    /// Gives a writer a grant because it redeemed an invite (owners only).
+    /// Only the first redemption of an invite in linear order takes
+    /// effect; a later one (two patient devices that answered while
+    /// partitioned) is rejected on every peer.
+    InviteGrant {
+        /// The invite's id.
+        invite: [u8; 16],
+        /// The writer.
+        writer: WriterKey,
+        /// What it may do.
+        grant: Grant,
+    },
+    /// Marks the record sealed (owners only; cannot be undone): from then
+    /// on resources written in clear are rejected (see
+    /// [`crate::sealed_policy`]).
+    RequireSealed,
 }
 
 /// An op with the time its writer claims (ms since the Unix epoch).

@@ -13,6 +13,7 @@
 //! it; it is then recorded as rejected on every peer.
 
 use crate::apply::{apply_node_parsed, Kv, KvError, Membership, Node, Outcome};
+use crate::audit::AuditAction;
 use crate::consent::Grant;
 use crate::error::Error;
 use crate::fhir::{
@@ -694,7 +695,7 @@ impl Record {
     }
 
     /// Applies `body` as this device's next op: refused ops append nothing.
-    async fn submit(&self, body: OpBody) -> Result<(), Error> {
+    pub(crate) async fn submit(&self, body: OpBody) -> Result<(), Error> {
         self.submit_parsed(body, Vec::new()).await
     }
 
@@ -757,7 +758,10 @@ impl Record {
         self.inner.base.flush().await.map_err(base_err)?;
         if matches!(
             op.body,
-            OpBody::Grant { .. } | OpBody::ChangeGrant { .. } | OpBody::Revoke { .. }
+            OpBody::Grant { .. }
+                | OpBody::ChangeGrant { .. }
+                | OpBody::Revoke { .. }
+                | OpBody::InviteGrant { .. }
         ) {
             self.refresh_firewall().await?;
         }
@@ -1243,18 +1247,32 @@ impl Record {
         })
     }
 
-    /// Grants `writer` (owners only).
+    /// Grants `writer` (owners only), and writes an AuditEvent for it.
     pub async fn grant(&self, writer: WriterKey, grant: Grant) -> Result<(), Error> {
-        self.submit(OpBody::Grant { writer, grant }).await
+        let detail = crate::audit::describe_grant(&grant);
+        self.submit(OpBody::Grant { writer, grant }).await?;
+        let what = view::hex(&writer);
+        crate::audit::write_audit(self, AuditAction::Grant, true, &what, &detail).await
     }
 
-    /// Replaces `writer`'s grant (owners only).
+    /// Replaces `writer`'s grant (owners only), and writes an AuditEvent.
     pub async fn change_grant(&self, writer: WriterKey, grant: Grant) -> Result<(), Error> {
-        self.submit(OpBody::ChangeGrant { writer, grant }).await
+        let detail = crate::audit::describe_grant(&grant);
+        self.submit(OpBody::ChangeGrant { writer, grant }).await?;
+        let what = view::hex(&writer);
+        crate::audit::write_audit(self, AuditAction::ChangeGrant, true, &what, &detail).await
     }
 
-    /// Revokes `writer` (owners only).
+    /// Revokes `writer` (owners only), and writes an AuditEvent.
+    /// [`crate::SecureRecord::revoke`] also rotates keys (and audits that).
     pub async fn revoke(&self, writer: WriterKey) -> Result<(), Error> {
+        self.revoke_unaudited(writer).await?;
+        let what = view::hex(&writer);
+        crate::audit::write_audit(self, AuditAction::Revoke, true, &what, "writer revoked").await
+    }
+
+    /// [`Record::revoke`] without its AuditEvent (the caller writes one).
+    pub(crate) async fn revoke_unaudited(&self, writer: WriterKey) -> Result<(), Error> {
         self.submit(OpBody::Revoke { writer }).await
     }
 

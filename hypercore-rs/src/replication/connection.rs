@@ -167,6 +167,9 @@ pub struct Connection {
     by_dkey: HashMap<Hash, u32>,
     next_channel: u32,
     outbox: VecDeque<Message>,
+    /// Remote channel numbers of channels we closed: what the remote sent
+    /// on them before it heard of the close is dropped, not an error.
+    closed_remote: std::collections::HashSet<u32>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -191,6 +194,7 @@ impl Connection {
             by_dkey: HashMap::new(),
             next_channel: 0,
             outbox: VecDeque::new(),
+            closed_remote: std::collections::HashSet::new(),
         };
         c.outbox.push_back(Message::Hello { nonce });
         c
@@ -312,6 +316,9 @@ impl Connection {
 
     /// Closes one of our channels.
     pub fn close(&mut self, channel: u32) {
+        if let Some(r) = self.channels.get(&channel).and_then(|c| c.remote) {
+            self.closed_remote.insert(r);
+        }
         if self.forget(channel) {
             self.outbox.push_back(Message::Close { channel });
         }
@@ -405,6 +412,35 @@ impl Connection {
             _ if self.session.is_none() => return Err(ProtocolError::Handshake),
             m => m,
         };
+        if !self.closed_remote.is_empty() {
+            let remote = match &msg {
+                Message::Hello { .. } | Message::Reject { .. } => None,
+                Message::Open { channel, .. }
+                | Message::Close { channel }
+                | Message::Sync { channel, .. }
+                | Message::Request { channel, .. }
+                | Message::Cancel { channel, .. }
+                | Message::Data { channel, .. }
+                | Message::NoData { channel, .. }
+                | Message::Want { channel, .. }
+                | Message::Unwant { channel, .. }
+                | Message::Have { channel, .. }
+                | Message::Extension { channel, .. } => Some(*channel),
+            };
+            if let Some(r) = remote.filter(|r| self.closed_remote.contains(r)) {
+                match msg {
+                    // The remote reuses the number: a new channel.
+                    Message::Open { .. } => {
+                        self.closed_remote.remove(&r);
+                    }
+                    Message::Close { .. } => {
+                        self.closed_remote.remove(&r);
+                        return Ok(Vec::new());
+                    }
+                    _ => return Ok(Vec::new()),
+                }
+            }
+        }
         let ev = match msg {
             Message::Hello { .. } => return Err(ProtocolError::Handshake),
             Message::Open {

@@ -74,6 +74,13 @@ pub struct ReplicateOptions {
     pub entropy: Arc<dyn Entropy>,
     /// How long a request may go unanswered before the peer is dropped.
     pub request_timeout: Duration,
+    /// When `true`, an invalid proof closes only the channel of that core
+    /// instead of ending the session (default `false`). For a layer whose
+    /// writers may fork their own cores: an honest remote that holds the
+    /// other fork sends proofs that cannot verify here, and that must not
+    /// cut the replication of every other core with it. Nothing unverified
+    /// is stored either way.
+    pub isolate_invalid_proofs: bool,
 }
 
 impl std::fmt::Debug for ReplicateOptions {
@@ -94,6 +101,7 @@ impl ReplicateOptions {
             clock: Arc::new(ThreadClock),
             entropy: Arc::new(OsEntropy),
             request_timeout: Duration::from_secs(30),
+            isolate_invalid_proofs: false,
         }
     }
 }
@@ -166,6 +174,8 @@ struct Session {
     queued: Vec<(u32, Pending, Proof)>,
     /// Block bytes held in `queued`.
     queued_bytes: usize,
+    /// See [`ReplicateOptions::isolate_invalid_proofs`].
+    isolate_invalid_proofs: bool,
 }
 
 /// Replicates the provider's cores with the remote over `io` until either
@@ -209,6 +219,7 @@ where
         request_times: Vec::new(),
         queued: Vec::new(),
         queued_bytes: 0,
+        isolate_invalid_proofs: options.isolate_invalid_proofs,
     };
     for core in provider.initial() {
         let ch = s.conn.open(core.discovery_key(), core.key())?;
@@ -707,6 +718,11 @@ impl Session {
             Ok(_)
             | Err(Error::Proof(ProofError::MissingAnchor | ProofError::Stale(_)))
             | Err(Error::WriterUpgrade) => {}
+            Err(Error::Proof(_)) if self.isolate_invalid_proofs => {
+                // Stop replicating this core with this peer; keep the rest.
+                self.conn.close(channel);
+                self.detach(channel);
+            }
             Err(Error::Proof(e)) => return Err(ProtocolError::InvalidProof(e).into()),
             Err(e) => return Err(e.into()),
         }

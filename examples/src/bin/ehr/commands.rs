@@ -27,7 +27,8 @@ pub(crate) fn run(cmd: Command, data: &Path) -> Result<(), CliError> {
 async fn dispatch(cmd: Command, data: &Path, sp: LocalSpawner) -> Result<(), CliError> {
     match cmd {
         Command::Init(a) => init(data, a.patient, a.provider).await,
-        Command::Join { record_key } => join(data, &record_key).await,
+        Command::Join(a) => crate::invite::join(data, a, &sp).await,
+        Command::Invite(c) => crate::invite::run(data, c).await,
         Command::Whoami(j) => whoami(data, j.json).await,
         Command::Put { file } => put(data, &file).await,
         Command::Import { file } => import(data, &file).await,
@@ -64,7 +65,7 @@ async fn dispatch(cmd: Command, data: &Path, sp: LocalSpawner) -> Result<(), Cli
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     ehr_core::Clock::now_ms(&ehr_core::SystemClock)
 }
 
@@ -78,7 +79,7 @@ fn read_input(file: &Path) -> Result<Vec<u8>, CliError> {
     std::fs::read(file).map_err(|e| CliError::io(file, e))
 }
 
-fn print_json(v: &Value) {
+pub(crate) fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
@@ -86,7 +87,7 @@ fn short(key: &[u8; 32]) -> String {
     hex(&key[..6])
 }
 
-fn writer_arg(key: &str) -> Result<[u8; 32], CliError> {
+pub(crate) fn writer_arg(key: &str) -> Result<[u8; 32], CliError> {
     parse_key(key).ok_or_else(|| {
         CliError::Usage(format!(
             "{key:?} is not a writer key: give the 64 hex digits `ehr whoami` prints on the provider's side"
@@ -94,11 +95,11 @@ fn writer_arg(key: &str) -> Result<[u8; 32], CliError> {
     })
 }
 
-fn time(ms: u64) -> String {
+pub(crate) fn time(ms: u64) -> String {
     format_instant(ms)
 }
 
-fn patient_only(id: &Identity, what: &str) -> Result<(), CliError> {
+pub(crate) fn patient_only(id: &Identity, what: &str) -> Result<(), CliError> {
     match id {
         Identity::Patient { .. } => Ok(()),
         Identity::Provider { .. } => Err(CliError::Usage(format!(
@@ -128,7 +129,7 @@ async fn init(
         store::save_identity(data, &Identity::Patient { patient: p.clone() })?;
         println!("created the record of patient {p} in {}", data.display());
         println!("record key: {}", hex(&record.key()));
-        println!("share the record key with providers; they run `ehr join KEY` and send you their writer key and identity");
+        println!("invite providers with `ehr invite create --role ROLE --scopes ...` and run `ehr sync --listen ADDR`");
     } else {
         let name = provider.unwrap_or_default();
         store::save_identity(
@@ -139,12 +140,12 @@ async fn init(
             },
         )?;
         println!("created provider identity {name:?} in {}", data.display());
-        println!("next: `ehr join RECORD_KEY` with the key the patient shares");
+        println!("next: `ehr join INVITE --peer HOST:PORT` with the invite the patient gives you");
     }
     Ok(())
 }
 
-async fn join(data: &Path, key: &str) -> Result<(), CliError> {
+pub(crate) async fn join(data: &Path, key: &str) -> Result<(), CliError> {
     let record_key = parse_key(key).ok_or_else(|| {
         CliError::Usage(format!(
             "{key:?} is not a record key: give the 64 hex digits `ehr init`/`ehr whoami` printed on the patient's side"
@@ -183,7 +184,7 @@ async fn join(data: &Path, key: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-fn scope_text(s: &Scope) -> String {
+pub(crate) fn scope_text(s: &Scope) -> String {
     let mut p = String::new();
     for (f, c) in [
         (Perms::CREATE, 'c'),
@@ -199,11 +200,11 @@ fn scope_text(s: &Scope) -> String {
     format!("patient/{}.{p}", s.resource_type.as_deref().unwrap_or("*"))
 }
 
-fn role_text(r: Role) -> String {
+pub(crate) fn role_text(r: Role) -> String {
     format!("{r:?}").to_lowercase()
 }
 
-fn grant_json(g: &Grant, revoked: bool) -> Value {
+pub(crate) fn grant_json(g: &Grant, revoked: bool) -> Value {
     json!({
         "role": role_text(g.role),
         "scopes": g.scopes.iter().map(scope_text).collect::<Vec<_>>(),
@@ -943,7 +944,7 @@ async fn grants_list(data: &Path, as_json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-fn parse_role(s: &str) -> Result<Role, CliError> {
+pub(crate) fn parse_role(s: &str) -> Result<Role, CliError> {
     Ok(match s.to_ascii_lowercase().as_str() {
         "practitioner" | "doctor" | "clinician" => Role::Practitioner,
         "lab" | "laboratory" => Role::Lab,

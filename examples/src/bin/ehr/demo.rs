@@ -221,7 +221,7 @@ pub(crate) async fn run(a: crate::DemoArgs, sp: &LocalSpawner) -> Result<(), Cli
     ));
     s.done();
 
-    s.step("Dr. Osei and Northside Lab join with the record key; Alice grants them access");
+    s.step("Alice invites Dr. Osei and Northside Lab; they redeem the invites over TCP loopback");
     let doctor = party(
         &root.join("doctor"),
         Identity::Provider {
@@ -241,20 +241,21 @@ pub(crate) async fn run(a: crate::DemoArgs, sp: &LocalSpawner) -> Result<(), Cli
     )
     .await?;
     let year = parse_expiry("365d", now_ms())?;
+    let day = parse_expiry("1d", now_ms())?;
     let scope = |e: ehr_core::consent::ScopeError| CliError::Other(e.to_string());
-    patient
-        .grant(
-            doctor.writer_key(),
+    let secure = ehr_core::SecureRecord::new(patient.clone());
+    let doctor_invite = secure
+        .create_invite(
             Grant::new(Role::Practitioner, &["patient/*.cruds"])
                 .map_err(scope)?
-                .with_expiry(year)
-                .with_peer(doctor.identity().public_key().to_bytes()),
+                .with_expiry(year),
+            &[],
+            day,
         )
         .await
-        .map_err(oops("grant"))?;
-    patient
-        .grant(
-            lab.writer_key(),
+        .map_err(oops("invite"))?;
+    let lab_invite = secure
+        .create_invite(
             Grant::new(
                 Role::Lab,
                 &[
@@ -264,19 +265,77 @@ pub(crate) async fn run(a: crate::DemoArgs, sp: &LocalSpawner) -> Result<(), Cli
                 ],
             )
             .map_err(scope)?
-            .with_expiry(year)
-            .with_peer(lab.identity().public_key().to_bytes()),
+            .with_expiry(year),
+            &[],
+            day,
         )
         .await
-        .map_err(oops("grant"))?;
+        .map_err(oops("invite"))?;
+    patient.flush().await?;
+    let text = doctor_invite.to_text();
     s.say(&format!(
-        "doctor {} : practitioner, patient/*.cruds, 1 year",
-        &hex(&doctor.writer_key())[..12]
+        "invite for the doctor: {}... ({} characters; single use, redeemable for 1 day)",
+        &text[..24],
+        text.len()
     ));
-    s.say(&format!(
-        "lab    {} : lab, Observation/DiagnosticReport/DocumentReference .cru, 1 year",
-        &hex(&lab.writer_key())[..12]
-    ));
+    // Alice's device answers invites on its listener (`ehr sync` does the same).
+    crate::invite::QUIET.store(true, std::sync::atomic::Ordering::SeqCst);
+    let l = async_net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| CliError::Other(format!("demo: cannot listen on loopback: {e}")))?;
+    let inv_addr = l
+        .local_addr()
+        .map_err(|e| CliError::Other(e.to_string()))?
+        .to_string();
+    let (stop_invites, reg) = futures::future::AbortHandle::new_pair();
+    let answering = Arc::new(Mutex::new(Sessions::default()));
+    sp.spawn_local({
+        let serve = net::accept_loop(l, patient.clone(), answering.clone(), sp.clone(), false);
+        async move {
+            let _ = futures::future::Abortable::new(serve, reg).await;
+        }
+    })
+    .map_err(|e| CliError::Other(e.to_string()))?;
+    crate::invite::redeem_tcp(&doctor, &doctor_invite, &inv_addr).await?;
+    let again = crate::invite::redeem_tcp(&lab, &doctor_invite, &inv_addr).await;
+    crate::invite::redeem_tcp(&lab, &lab_invite, &inv_addr).await?;
+    stop_invites.abort();
+    if let Ok(mut a) = answering.lock() {
+        a.stop_all();
+    }
+    for (who, r) in [("doctor", &doctor), ("lab   ", &lab)] {
+        let (g, _) = patient
+            .grant_of(&r.writer_key())
+            .await?
+            .ok_or_else(|| CliError::Other(format!("demo: the {who} was not granted")))?;
+        if g.peer != Some(r.identity().public_key().to_bytes()) {
+            return Err(CliError::Other(format!(
+                "demo: the {who}'s grant does not name its network identity"
+            )));
+        }
+        s.say(&format!(
+            "{who} {} redeemed its invite: {}, 1 year; the grant names its network identity",
+            &hex(&r.writer_key())[..12],
+            crate::commands::grant_json(&g, false)["scopes"]
+                .as_array()
+                .map(|a| a
+                    .iter()
+                    .filter_map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","))
+                .unwrap_or_default()
+        ));
+    }
+    match again {
+        Err(e) if e.to_string().contains("already used") => {
+            s.say("the lab's try with the doctor's invite: refused (the invite was already used)")
+        }
+        _ => {
+            return Err(CliError::Other(
+                "demo: a second use of an invite was not refused".into(),
+            ))
+        }
+    }
     s.done();
 
     s.step("they connect over TCP loopback (Noise-encrypted) and sync");

@@ -10,6 +10,7 @@
 
 mod commands;
 mod demo;
+mod invite;
 mod net;
 mod store;
 mod table;
@@ -33,11 +34,12 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Create a patient record, or a provider identity, in the data folder.
     Init(InitArgs),
-    /// (Provider) join a patient's record by its key; prints the writer key to grant.
-    Join {
-        /// The record key (64 hex digits) the patient shared.
-        record_key: String,
-    },
+    /// (Provider) join a patient's record: redeem an invite over the network,
+    /// or (by record key) print the writer key for the patient to grant.
+    Join(invite::JoinArgs),
+    /// (Patient) invite a provider: create, list and cancel invites.
+    #[command(subcommand)]
+    Invite(invite::InviteCmd),
     /// Who this data folder is: role, record key, writer key, grant.
     Whoami(Json),
     /// Write one FHIR resource (a JSON file, or `-` for stdin).

@@ -49,22 +49,25 @@ pub(crate) async fn replicate_tcp(
     // Firewall: whoever dials in must be named by the record (the owner,
     // or a live grant's identity). The dialer chose its peer's address
     // itself and the record's rules still check every write.
-    if !initiator {
-        let remote = secure
-            .remote_public_key()
-            .map(|k| k.to_bytes())
-            .unwrap_or_default();
-        record.update().await.map_err(|e| e.to_string())?;
-        if !record.allows_peer(&remote) {
-            return Err(format!(
-                "refused {}: no grant names this identity (`ehr grants add WRITER --identity ID`)",
-                ehr_examples::hex(&remote)
-            ));
-        }
-    }
-    let io = secure
+    // A peer it does not name gets the invite channel only
+    // (`crate::invite::answer`): redeem an invite or be closed.
+    let remote = secure
+        .remote_public_key()
+        .map(|k| k.to_bytes())
+        .unwrap_or_default();
+    let hh = secure
+        .handshake_hash()
+        .map(|h| h.as_bytes().to_vec())
+        .unwrap_or_default();
+    let mut io = secure
         .sink_map_err(to_io)
         .map(|r: Result<Vec<u8>, swarm_rs::StreamError>| r.map_err(to_io));
+    if !initiator {
+        record.update().await.map_err(|e| e.to_string())?;
+        if !record.allows_peer(&remote) {
+            crate::invite::answer(&record, &mut io, remote, &hh).await?;
+        }
+    }
     record
         .replicate(io, initiator)
         .await
@@ -213,18 +216,19 @@ pub(crate) async fn join_lan(
             "cannot start LAN discovery ({e}): use --peer HOST:PORT instead"
         ))
     };
-    // The record's network identity, and its firewall: only the owner and
-    // live grants' identities get a connection. A provider that has not
-    // synced yet does not know the patient's identity, and holds nothing
-    // to protect, so it lets anyone of the topic in until it has synced.
+    // The record's network identity, and its firewall: the owner and live
+    // grants' identities replicate; any other peer is let through the
+    // swarm but gets the invite channel only (`crate::invite::answer`), as
+    // with `--listen`. A provider that has not synced yet does not know the
+    // patient's identity, and holds nothing to protect, so it replicates
+    // with anyone of the topic until it has synced.
     let keypair = record.identity();
     let fresh = record.patient_id().is_empty();
-    let mut firewall = record.firewall();
     let mdns =
         MdnsDiscovery::bind(MdnsConfig::default(), Arc::new(SystemClock)).map_err(|e| lan(&e))?;
     let any: std::net::SocketAddr = ([0, 0, 0, 0], 0).into();
     let (handle, mut conns, driver) = SwarmBuilder::new(keypair)
-        .firewall(move |peer| fresh || firewall(peer))
+        .firewall(|_| true)
         .bind(TcpTransport, mdns, &any)
         .await
         .map_err(|e| lan(&e))?;
@@ -238,7 +242,7 @@ pub(crate) async fn join_lan(
     let inner = spawner.clone();
     spawner
         .spawn_local(async move {
-            while let Some(conn) = conns.next().await {
+            while let Some(mut conn) = conns.next().await {
                 let record = record.clone();
                 let initiator = conn.is_initiator();
                 let live = live.clone();
@@ -246,7 +250,19 @@ pub(crate) async fn join_lan(
                 live.fetch_add(1, Ordering::SeqCst);
                 eprintln!("LAN peer {} connected", conn.remote_public_key());
                 let _ = inner.spawn_local(async move {
-                    let _ = record.replicate(conn, initiator).await;
+                    let remote = conn.remote_public_key().to_bytes();
+                    let hh = conn.handshake_hash();
+                    let gate = if fresh || record.allows_peer(&remote) {
+                        Ok(())
+                    } else {
+                        crate::invite::answer(&record, &mut conn, remote, hh.as_bytes()).await
+                    };
+                    match gate {
+                        Ok(()) => {
+                            let _ = record.replicate(conn, initiator).await;
+                        }
+                        Err(e) => eprintln!("LAN peer {e}"),
+                    }
                     live.fetch_sub(1, Ordering::SeqCst);
                 });
             }

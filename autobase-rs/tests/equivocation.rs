@@ -1,0 +1,288 @@
+//! A writer that forks its input: the liar runs two copies of its input
+//! (two stores with one seed, so one writer key) and shows a different
+//! continuation to different honest peers. Properties, over seeded runs:
+//! every honest peer learns a proof, the liar is cut at the same indexed
+//! point everywhere, all honest peers converge to byte-identical views
+//! (and a late reader that replays gets the same view hash), honest writes
+//! made on either side of the fork all reach the view, and finality holds:
+//! any two peers, at any two moments, with the same indexed length had the
+//! same view hash at that length.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use autobase_rs::{Autobase, Equivocation};
+use common::*;
+use hypercore_rs::{Corestore, MemoryStorage, Storage};
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+type Links = Vec<tokio::task::JoinHandle<()>>;
+
+fn link(a: &Autobase, b: &Autobase, links: &mut Links) {
+    let (x, y) = hypercore_rs::replication::duplex();
+    let (a, b) = (a.clone(), b.clone());
+    links.push(tokio::spawn(async move {
+        if let Err(e) = a.replicate(x, true).await {
+            eprintln!("session ended: {e}");
+        }
+    }));
+    links.push(tokio::spawn(async move {
+        if let Err(e) = b.replicate(y, false).await {
+            eprintln!("session ended: {e}");
+        }
+    }));
+}
+
+async fn cut_links(links: &mut Links) {
+    for l in links.drain(..) {
+        l.abort();
+        let _ = l.await;
+    }
+}
+
+/// A base over a store with a fixed seed: two of these with one seed are
+/// the same writer.
+async fn seeded(storage: Arc<dyn Storage>, seed: [u8; 32], key: [u8; 32]) -> Autobase {
+    let store = Corestore::with_seed(storage, seed);
+    Autobase::builder(
+        store,
+        Cmds {
+            calls: Arc::new(AtomicU64::new(0)),
+        },
+    )
+    .bootstrap(Some(key))
+    .open()
+    .await
+    .unwrap()
+}
+
+/// Indexed length -> view hash, over every peer and every moment.
+#[derive(Default)]
+struct Finality(HashMap<u64, [u8; 32]>);
+
+impl Finality {
+    async fn check(&mut self, bases: &[&Autobase], seed: u64) {
+        for b in bases {
+            let il = b.indexed_length().await;
+            let h = b.view_hash("view").await.unwrap();
+            let was = *self.0.entry(il).or_insert(h);
+            assert_eq!(was, h, "seed {seed}: indexed length {il} has two views");
+        }
+    }
+}
+
+async fn run(seed: u64, liar_indexes: bool) {
+    let mut rng = Rng(seed | 1);
+    let mut fin = Finality::default();
+    let a = mem(None).await;
+    let key = a.key();
+    let b = mem(Some(key)).await;
+    let c = mem(Some(key)).await;
+    let liar_seed = [seed as u8 | 1; 32];
+    let l1 = seeded(Arc::new(MemoryStorage::new()), liar_seed, key).await;
+    let mut links = Links::new();
+    for (x, y) in [(&a, &b), (&a, &c), (&b, &c), (&a, &l1)] {
+        link(x, y, &mut links);
+    }
+    a.append(format!("a{}", hex(&b.local_writer_key())).into_bytes())
+        .await
+        .unwrap();
+    a.append(format!("a{}", hex(&c.local_writer_key())).into_bytes())
+        .await
+        .unwrap();
+    let role = if liar_indexes { "a" } else { "w" };
+    a.append(format!("{role}{}", hex(&l1.local_writer_key())).into_bytes())
+        .await
+        .unwrap();
+    let all = [&a, &b, &c, &l1];
+    settle(&all, || async {
+        b.writable().await && c.writable().await && l1.writable().await
+    })
+    .await;
+    l1.append(b"pcommon=liar".to_vec()).await.unwrap();
+    settle(&all, || converged(&all)).await;
+    cut_links(&mut links).await;
+
+    // The second copy of the liar: same key, same first blocks, and the
+    // honest history they name (from a).
+    let l2 = seeded(Arc::new(MemoryStorage::new()), liar_seed, key).await;
+    let lkey = l1.local_writer_key();
+    assert_eq!(l2.local_writer_key(), lkey);
+    let src = l1.store().get_by_key(lkey).await.unwrap();
+    let dst = l2.store().get_by_key(lkey).await.unwrap();
+    for i in 0..src.length() {
+        dst.append(&src.get(i).await.unwrap().unwrap())
+            .await
+            .unwrap();
+    }
+    link(&a, &l2, &mut links);
+    settle(&[&a, &l2], || async { l2.heads().await == a.heads().await }).await;
+    cut_links(&mut links).await;
+
+    // The fork: l1 shows one continuation to b, l2 another to c; b and c
+    // (and a, alone) write too, naming what they saw.
+    link(&l1, &b, &mut links);
+    link(&l2, &c, &mut links);
+    let mut puts = Vec::new();
+    l1.append(b"pfork=one".to_vec()).await.unwrap();
+    l2.append(b"pfork=two".to_vec()).await.unwrap();
+    for step in 0..(6 + rng.below(6)) {
+        let who = rng.below(5);
+        let k = rng.below(4);
+        let (base, name) = match who {
+            0 => (&l1, "l1"),
+            1 => (&l2, "l2"),
+            2 => (&b, "b"),
+            3 => (&c, "c"),
+            _ => (&a, "a"),
+        };
+        let v = format!("p{name}{k}={name}{step}");
+        base.append(v.clone().into_bytes()).await.unwrap();
+        if who >= 2 {
+            puts.push(format!("{name}{k}"));
+        }
+        for x in [&l1, &b, &l2, &c] {
+            x.update().await.unwrap();
+        }
+        tokio::task::yield_now().await;
+    }
+    // Let b and c read the liar's latest and name it.
+    for _ in 0..50 {
+        for x in [&l1, &b, &l2, &c] {
+            x.update().await.unwrap();
+        }
+        tokio::task::yield_now().await;
+    }
+    b.append(b"pbseen=1".to_vec()).await.unwrap();
+    c.append(b"pcseen=1".to_vec()).await.unwrap();
+    puts.push("bseen".into());
+    puts.push("cseen".into());
+    fin.check(&[&a, &b, &c], seed).await;
+    cut_links(&mut links).await;
+
+    // The liar goes away; the honest peers meet. Everyone serves
+    // checkpoints, and a peer left holding the losing fork fast-forwards.
+    let honest = [&a, &b, &c];
+    let mut serving = Vec::new();
+    for x in honest {
+        let x = x.clone();
+        serving.push(tokio::spawn(async move {
+            let _ = x.serve_checkpoints().await;
+        }));
+    }
+    for (x, y) in [(&a, &b), (&a, &c), (&b, &c)] {
+        link(x, y, &mut links);
+    }
+    let mut done = false;
+    for _ in 0..400 {
+        for x in honest {
+            x.update().await.unwrap();
+        }
+        fin.check(&honest, seed).await;
+        let mut cut_everywhere = true;
+        for x in honest {
+            let w = x.writers().await;
+            cut_everywhere &= w.iter().any(|w| w.key == lkey && w.cut.is_some());
+        }
+        if cut_everywhere && converged(&honest).await {
+            done = true;
+            break;
+        }
+        for x in honest {
+            if x.needs_fast_forward().await {
+                let _ = x.fast_forward_from_peers(Duration::from_millis(200)).await;
+            }
+        }
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+    if !done {
+        for (i, x) in honest.iter().enumerate() {
+            let cut: Vec<_> = x
+                .writers()
+                .await
+                .into_iter()
+                .filter_map(|w| w.cut)
+                .collect();
+            eprintln!(
+                "peer {i}: indexed {} length {} heads {:?} proofs {} cut {:?} ff {}",
+                x.indexed_length().await,
+                x.length().await,
+                x.heads()
+                    .await
+                    .iter()
+                    .map(|(k, l)| (k[0], *l))
+                    .collect::<Vec<_>>(),
+                x.equivocations().await.len(),
+                cut,
+                x.needs_fast_forward().await
+            );
+        }
+    }
+    assert!(done, "seed {seed}: honest peers did not converge");
+    fin.check(&honest, seed).await;
+    // Every peer holds a valid proof against the liar.
+    for x in honest {
+        let proofs: Vec<Equivocation> = x.equivocations().await;
+        assert!(
+            proofs
+                .iter()
+                .any(|p| p.writer() == lkey && p.verify().is_ok()),
+            "seed {seed}: no proof"
+        );
+    }
+    // Honest writes from both sides of the fork reached the view.
+    let view = dump(&a).await;
+    for k in &puts {
+        assert!(
+            view.iter().any(|(key, _)| key == k.as_bytes()),
+            "seed {seed}: {k} missing"
+        );
+    }
+    assert!(view.iter().any(|(k, _)| k == b"common"));
+    // The liar cannot come back.
+    a.append(format!("a{}", hex(&lkey)).into_bytes())
+        .await
+        .unwrap();
+    assert_eq!(a.rejected().await, 1);
+    // A late reader replays everything (it may take either fork's copy of
+    // the liar's input from the others) and gets the same view.
+    let late = mem(Some(key)).await;
+    for x in honest {
+        link(x, &late, &mut links);
+    }
+    let everyone = [&a, &b, &c, &late];
+    settle(&everyone, || converged(&everyone)).await;
+    assert_eq!(
+        late.view_hash("view").await.unwrap(),
+        a.view_hash("view").await.unwrap(),
+        "seed {seed}"
+    );
+    cut_links(&mut links).await;
+    for s in serving {
+        s.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_forking_writer_is_cut_alike_everywhere() {
+    for seed in 1..=4u64 {
+        run(seed * 0x9e37_79b9, false).await;
+    }
+}

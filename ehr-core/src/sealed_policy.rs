@@ -1,0 +1,145 @@
+//! Sealed records: `apply` refuses content written in clear.
+//!
+//! [`SecureRecord`] seals what it writes, but a provider's client could
+//! bypass it and append clear resources straight to its log. In a record
+//! marked sealed ([`Record::require_sealed`], an owner op that cannot be
+//! undone; [`SecureRecord::create_sealed`] does it at creation), `apply`
+//! accepts a resource write only if it is a *sealed shell*: an object
+//! whose fields are exactly what [`crate::scope_crypto::seal_resource`]
+//! leaves in clear (type, id, `meta.security`, the patient reference, the
+//! categories, one clinical date, blinded codes) plus a well-formed sealed
+//! extension. Anything else is rejected on every peer alike
+//! ([`crate::apply::Rejection::Clear`]) and listed by [`Record::rejected`].
+//!
+//! The only clear writes allowed are the record's own control resources,
+//! and only from owner (patient) devices: AuditEvents and `Basic`
+//! resources coded in an `urn:ehr-core:` system (key wraps, emergency
+//! setups). The check is on shape: it stops plaintext clinical content, it
+//! cannot stop a writer hiding a few bytes inside the clear fields.
+
+use crate::consent::Role;
+use crate::error::Error;
+use crate::fhir::Resource;
+use crate::record::{Record, RecordBuilder};
+use crate::scope_crypto::{sealed_info, BLIND_SYSTEM, SEALED_URL};
+use crate::secure::SecureRecord;
+use serde_json::Value;
+
+/// The view key marking a sealed record.
+pub(crate) const SEALED_KEY: &[u8] = b"m/sealed";
+
+/// Why a write is not acceptable in a sealed record (`None` if it is).
+pub(crate) fn clear_content(res: &Resource, role: Role) -> Option<String> {
+    let Ok(Value::Object(top)) = serde_json::from_slice::<Value>(res.bytes()) else {
+        return Some("not a JSON object".into());
+    };
+    if role == Role::Owner && is_control(res.resource_type(), &top) {
+        return None;
+    }
+    if sealed_info(res.bytes()).is_none() {
+        return Some("no sealed content".into());
+    }
+    let coded_only = |v: &Value, keys: &[&str]| match v {
+        Value::Object(m) => m
+            .iter()
+            .all(|(k, v)| keys.contains(&k.as_str()) && v.is_string()),
+        _ => false,
+    };
+    let mut dates = 0;
+    for (k, v) in &top {
+        let ok = match k.as_str() {
+            "resourceType" | "id" => v.is_string(),
+            "meta" => v.as_object().is_some_and(|m| {
+                m.iter().all(|(k, v)| {
+                    k == "security"
+                        && v.as_array()
+                            .is_some_and(|a| a.iter().all(|c| coded_only(c, &["system", "code"])))
+                })
+            }),
+            "subject" => coded_only(v, &["reference"]),
+            "category" => v.as_array().is_some_and(|a| {
+                a.iter().all(|c| {
+                    c.as_object().is_some_and(|m| {
+                        m.iter().all(|(k, v)| {
+                            k == "coding"
+                                && v.as_array().is_some_and(|a| {
+                                    a.iter().all(|c| coded_only(c, &["system", "code"]))
+                                })
+                        })
+                    })
+                })
+            }),
+            "code" => v.get("coding").and_then(Value::as_array).is_some_and(|a| {
+                v.as_object().is_some_and(|m| m.len() == 1)
+                    && a.iter().all(|c| {
+                        coded_only(c, &["system", "code"])
+                            && c.get("system").and_then(Value::as_str) == Some(BLIND_SYSTEM)
+                    })
+            }),
+            "extension" => v.as_array().is_some_and(|a| {
+                a.len() == 1
+                    && a[0].as_object().is_some_and(|m| {
+                        m.len() == 2
+                            && m.get("url").and_then(Value::as_str) == Some(SEALED_URL)
+                            && m.get("valueString").is_some_and(Value::is_string)
+                    })
+            }),
+            d if crate::fhir::DATE_FIELDS.contains(&d) => {
+                dates += 1;
+                v.is_string() || coded_only(v, &["start", "end"])
+            }
+            _ => false,
+        };
+        if !ok || dates > 1 {
+            return Some(format!("field {k:?} in clear"));
+        }
+    }
+    None
+}
+
+/// AuditEvents and `Basic` resources coded in an `urn:ehr-core:` system.
+fn is_control(resource_type: &str, top: &serde_json::Map<String, Value>) -> bool {
+    match resource_type {
+        "AuditEvent" => true,
+        "Basic" => top
+            .get("code")
+            .and_then(|c| c.get("coding"))
+            .and_then(Value::as_array)
+            .is_some_and(|a| {
+                !a.is_empty()
+                    && a.iter().all(|c| {
+                        c.get("system")
+                            .and_then(Value::as_str)
+                            .is_some_and(|s| s.starts_with("urn:ehr-core:"))
+                    })
+            }),
+        _ => false,
+    }
+}
+
+impl Record {
+    /// Marks this record sealed (owner devices; cannot be undone): from
+    /// then on every peer's `apply` rejects resources written in clear
+    /// (see [`crate::sealed_policy`]).
+    pub async fn require_sealed(&self) -> Result<(), Error> {
+        self.submit(crate::op::OpBody::RequireSealed).await
+    }
+
+    /// Whether the record is marked sealed.
+    pub async fn is_sealed(&self) -> Result<bool, Error> {
+        Ok(self.snapshot().await?.get(SEALED_KEY).await?.is_some())
+    }
+}
+
+impl SecureRecord {
+    /// Creates a record for `patient_id` that is sealed from its first
+    /// write on, and wraps it with the device identity.
+    pub async fn create_sealed(
+        builder: RecordBuilder,
+        patient_id: &str,
+    ) -> Result<SecureRecord, Error> {
+        let record = builder.create(patient_id).await?;
+        record.require_sealed().await?;
+        Ok(SecureRecord::new(record))
+    }
+}

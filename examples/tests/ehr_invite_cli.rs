@@ -1,0 +1,217 @@
+//! End to end with invites: the real `ehr` binary in separate processes.
+//! The patient creates an invite; the doctor redeems it over TCP loopback
+//! against the patient's `ehr sync --listen`, writes, syncs; the patient
+//! revokes. Expired, cancelled and reused invites give one clear line, a
+//! non-zero exit, grant nothing and leave the provider's folder unjoined.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+const EHR: &str = env!("CARGO_BIN_EXE_ehr");
+const BUNDLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/demo-bundle.json");
+
+/// Kills the child process when dropped, even if the test panics.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn ehr(data: &Path, args: &[&str]) -> Output {
+    Command::new(EHR)
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .env_remove("XDG_DATA_HOME")
+        .output()
+        .expect("run ehr")
+}
+
+fn ok(data: &Path, args: &[&str]) -> String {
+    let o = ehr(data, args);
+    assert!(
+        o.status.success(),
+        "ehr {args:?} failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// Expects failure with exactly one line on stderr; returns it.
+fn fails(data: &Path, args: &[&str]) -> String {
+    let o = ehr(data, args);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "ehr {args:?} should fail");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line, got {err:?}");
+    assert!(err.starts_with("error: "), "{err}");
+    err
+}
+
+fn json(data: &Path, args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&ok(data, args)).unwrap()
+}
+
+fn listen(data: &Path) -> (Killed, String) {
+    let mut child = Command::new(EHR)
+        .arg("--data")
+        .arg(data)
+        .args(["sync", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected {line:?}"))
+        .to_owned();
+    (Killed(child), addr)
+}
+
+fn invite(p: &Path, args: &[&str]) -> (String, String) {
+    let mut a = vec!["invite", "create", "--json"];
+    a.extend_from_slice(args);
+    let v = json(p, &a);
+    (
+        v["invite"].as_str().unwrap().to_owned(),
+        v["id"].as_str().unwrap().to_owned(),
+    )
+}
+
+const CONDITION: &str = r#"{"resourceType":"Condition","id":"htn","subject":{"reference":"Patient/alice"},"code":{"text":"Hypertension"},"onsetDateTime":"2025-02-11"}"#;
+
+#[test]
+fn invite_join_write_sync_revoke_and_bad_invites() {
+    let root = tempfile::tempdir().unwrap();
+    let p = root.path().join("patient");
+    ok(&p, &["init", "--patient", "alice"]);
+    ok(&p, &["import", BUNDLE]);
+    let d = root.path().join("doctor");
+    ok(&d, &["init", "--provider", "Dr. Osei"]);
+    let lab = root.path().join("lab");
+    ok(&lab, &["init", "--provider", "Lab"]);
+
+    let (good, good_id) = invite(
+        &p,
+        &[
+            "--role",
+            "practitioner",
+            "--scopes",
+            "patient/*.cruds",
+            "--expires",
+            "1h",
+        ],
+    );
+    assert!(good.starts_with("ehr-invite1:"));
+    let (short, _) = invite(&p, &["--role", "lab", "--expires", "1s"]);
+    let (cancelled, cancelled_id) = invite(&p, &["--role", "lab", "--expires", "1h"]);
+    ok(&p, &["invite", "cancel", &cancelled_id]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let grants_before = json(&p, &["grants", "list", "--json"]);
+
+    // A damaged invite text is refused before any connection.
+    let mut damaged = good.clone().into_bytes();
+    let last = damaged.len() - 1;
+    damaged[last] = if damaged[last] == b'a' { b'b' } else { b'a' };
+    let e = fails(
+        &d,
+        &[
+            "join",
+            std::str::from_utf8(&damaged).unwrap(),
+            "--peer",
+            "127.0.0.1:9",
+        ],
+    );
+    assert!(e.contains("damaged"), "{e}");
+
+    let doc_writer;
+    {
+        let (_sync, addr) = listen(&p);
+        // Expired and cancelled: one line each, nothing granted, the lab's
+        // folder still joined nothing.
+        let e = fails(&lab, &["join", &short, "--peer", &addr]);
+        assert!(e.contains("expired"), "{e}");
+        let e = fails(&lab, &["join", &cancelled, "--peer", &addr]);
+        assert!(e.contains("cancelled"), "{e}");
+        assert_eq!(
+            json(&lab, &["whoami", "--json"])["record_key"],
+            serde_json::Value::Null
+        );
+
+        // The doctor redeems the good one and holds the record at once.
+        let out = ok(&d, &["join", &good, "--peer", &addr]);
+        assert!(out.contains("joined the record of patient alice"), "{out}");
+        assert!(out.contains("practitioner"), "{out}");
+        let who = json(&d, &["whoami", "--json"]);
+        assert_eq!(who["patient"], "alice");
+        assert_eq!(who["writable"], true);
+        doc_writer = who["writer_key"].as_str().unwrap().to_owned();
+
+        // Reused by someone else: refused.
+        let e = fails(&lab, &["join", &good, "--peer", &addr]);
+        assert!(e.contains("already used"), "{e}");
+
+        // The doctor writes and syncs back; later connections are let in
+        // by the grant (it names the doctor's network identity).
+        let cond = root.path().join("cond.json");
+        std::fs::write(&cond, CONDITION).unwrap();
+        ok(&d, &["put", cond.to_str().unwrap()]);
+        let out = ok(&d, &["sync", "--peer", &addr, "--once", "--timeout", "20"]);
+        assert!(out.contains("caught up"), "{out}");
+    }
+    let got = ok(&p, &["get", "Condition", "htn", "--json"]);
+    assert_eq!(got.trim_end(), CONDITION);
+
+    // Only the doctor was granted; the bad invites changed no grant.
+    let grants = json(&p, &["grants", "list", "--json"]);
+    let n = |g: &serde_json::Value| g.as_array().unwrap().len();
+    assert_eq!(n(&grants), n(&grants_before) + 1);
+    let doc = grants
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["writer"] == doc_writer.as_str())
+        .unwrap();
+    assert_eq!(doc["grant"]["role"], "practitioner");
+    let list = json(&p, &["invite", "list", "--json"]);
+    let status = |id: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == id)
+            .unwrap()["status"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert!(status(&good_id).starts_with("used by"));
+    assert_eq!(status(&cancelled_id), "cancelled");
+
+    // Revoke: the doctor's later write never reaches the patient.
+    ok(&p, &["grants", "revoke", &doc_writer]);
+    let late = root.path().join("late.json");
+    std::fs::write(&late, CONDITION.replace("htn", "late")).unwrap();
+    let _ = ehr(&d, &["put", late.to_str().unwrap()]);
+    {
+        let (_sync, addr) = listen(&p);
+        let _ = ehr(&d, &["sync", "--peer", &addr, "--once", "--timeout", "3"]);
+    }
+    fails(&p, &["get", "Condition", "late"]);
+    let audit = json(&p, &["audit", "list", "--json"]);
+    let codes: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["subtype"][0]["code"].as_str())
+        .collect();
+    assert!(codes.iter().any(|c| c.contains("invite")), "{codes:?}");
+}
