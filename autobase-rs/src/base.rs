@@ -299,6 +299,12 @@ struct State {
     /// Whether the last pull left a block waiting on another fork of a
     /// writer that is not cut yet.
     fork_blocked: bool,
+    /// The checkpoints at which the indexer set changed, with the
+    /// signatures of the outgoing indexers gathered so far: the chain a
+    /// joiner follows from the bootstrap writer to today's indexers.
+    transitions: Vec<SignedCheckpoint>,
+    /// Transition signatures heard before this peer reached that point.
+    pending_transitions: Vec<SignedCheckpoint>,
     applied: Vec<Applied>,
     base_host: Arc<Host>,
     base_views: Arc<Vec<ViewMark>>,
@@ -337,6 +343,7 @@ struct Inner {
     signer: SigningKey,
     view_names: Vec<String>,
     record_key: Vec<u8>,
+    chain_key: Vec<u8>,
     clock: Option<Arc<dyn hypercore_rs::Clock>>,
     apply: Box<dyn Apply>,
     state: AsyncMutex<State>,
@@ -451,6 +458,7 @@ impl AutobaseBuilder {
         };
         let base_ns = ns.namespace(&hex(&key));
         let record_key = format!("autobase-rs/{}/system", hex(&key)).into_bytes();
+        let chain_key = format!("autobase-rs/{}/chain", hex(&key)).into_bytes();
         let storage = self.store.storage();
         let record: Option<Record> = match storage
             .meta(&record_key)
@@ -466,6 +474,16 @@ impl AutobaseBuilder {
                 Some(r)
             }
             None => None,
+        };
+        let transitions: Vec<SignedCheckpoint> = match storage
+            .meta(&chain_key)
+            .await
+            .map_err(hypercore_rs::Error::from)?
+        {
+            Some(bytes) => {
+                postcard::from_bytes(&bytes).map_err(|_| Error::Corrupt("checkpoint chain"))?
+            }
+            None => Vec::new(),
         };
         let mut cores = Vec::with_capacity(self.views.len());
         for name in &self.views {
@@ -537,6 +555,7 @@ impl AutobaseBuilder {
             key_pair,
             view_names: self.views.clone(),
             record_key,
+            chain_key: chain_key.clone(),
             clock: self.clock,
             apply: self.apply,
             state: AsyncMutex::new(State {
@@ -547,6 +566,8 @@ impl AutobaseBuilder {
                 proofs: HashMap::new(),
                 evidence_written: HashSet::new(),
                 fork_blocked: false,
+                transitions,
+                pending_transitions: Vec::new(),
                 applied: Vec::new(),
                 base_host: Arc::new(host),
                 base_views: Arc::new(marks),
@@ -846,8 +867,35 @@ impl Autobase {
         signed: &SignedCheckpoint,
         views: &[Vec<Vec<u8>>],
     ) -> Result<(), Error> {
+        self.fast_forward_via(&[], signed, views).await
+    }
+
+    /// [`Autobase::fast_forward`] for a peer whose trusted indexers are no
+    /// longer the ones that sign today: `chain` holds the checkpoints at
+    /// which the indexer set changed since (see
+    /// [`Autobase::checkpoint_chain`]); each one signed by a majority of
+    /// the set before it moves the trusted set on (links at or below this
+    /// peer's indexed length are ignored), and `signed` must be signed by a
+    /// majority of the set reached. The links are kept, so this peer can
+    /// serve the chain in turn.
+    pub async fn fast_forward_via(
+        &self,
+        chain: &[SignedCheckpoint],
+        signed: &SignedCheckpoint,
+        views: &[Vec<Vec<u8>>],
+    ) -> Result<(), Error> {
         let mut st = self.inner.state.lock().await;
-        let trusted = st.base_host.indexer_keys();
+        let have = st.lin.committed_count();
+        let links: Vec<SignedCheckpoint> = chain
+            .iter()
+            .filter(|l| {
+                l.checkpoint.indexed_length > have
+                    && l.checkpoint.indexed_length <= signed.checkpoint.indexed_length
+            })
+            .cloned()
+            .collect();
+        let trusted =
+            crate::checkpoint::follow_chain(&self.inner.key, &st.base_host.indexer_keys(), &links);
         signed.verify(&self.inner.key, &trusted)?;
         let cp = &signed.checkpoint;
         let have = st.lin.committed_count();
@@ -928,6 +976,19 @@ impl Autobase {
         }
         self.set_indexers(&mut st);
         self.persist(&st).await?;
+        for l in links {
+            match st
+                .transitions
+                .iter_mut()
+                .find(|o| o.checkpoint == l.checkpoint)
+            {
+                Some(o) => {
+                    let _ = o.merge(&l);
+                }
+                None => st.transitions.push(l),
+            }
+        }
+        self.persist_chain(&st).await?;
         self.pull(&mut st).await?;
         self.settle(&mut st).await
     }
@@ -1414,6 +1475,7 @@ impl Autobase {
                         st.tips.insert(a.node.writer, (a.node.seq, b.node()));
                     }
                 }
+                let outgoing = st.base_host.indexer_keys();
                 if let Some(a) = last.last() {
                     st.base_host = a.host.clone();
                     st.base_views = a.views.clone();
@@ -1421,6 +1483,7 @@ impl Autobase {
                 }
                 committed_any = true;
                 if changed {
+                    self.record_transition(st, &outgoing).await?;
                     self.set_indexers(st);
                     // New writers may need their inputs opened.
                     let keys: Vec<[u8; 32]> = st.base_host.writers.iter().map(|w| w.key).collect();
@@ -1465,8 +1528,12 @@ impl Autobase {
             st.was_writable = writable;
             if let Some(proof) = self.evidence_to_write(st) {
                 st.evidence_written.insert(proof.writer());
-                self.write_local(st, Body::Evidence(Box::new(proof)))
-                    .await?;
+                match self.write_local(st, Body::Evidence(Box::new(proof))).await {
+                    // This peer's own input is ignored by everyone: the
+                    // proof still travels by gossip.
+                    Err(Error::InputRejected) => {}
+                    r => r?,
+                }
                 continue;
             }
             if self.should_ack(st) {
@@ -1503,6 +1570,90 @@ impl Autobase {
             })
             .min_by_key(|(w, _)| **w)
             .map(|(_, p)| p.clone())
+    }
+
+    /// Keeps the checkpoint at which the indexer set just changed, signed by
+    /// this peer if it was one of the `outgoing` indexers, with what was
+    /// heard of the others' signatures, and stores the chain.
+    async fn record_transition(&self, st: &mut State, outgoing: &[[u8; 32]]) -> Result<(), Error> {
+        let mut t = SignedCheckpoint::unsigned(self.checkpoint_of(st));
+        if outgoing.contains(&self.inner.local_key) {
+            t.sign(&self.inner.key_pair);
+        }
+        st.pending_transitions.retain(|p| t.merge(p).is_err());
+        st.transitions.retain(|o| o.checkpoint != t.checkpoint);
+        st.transitions.push(t);
+        self.persist_chain(st).await
+    }
+
+    async fn persist_chain(&self, st: &State) -> Result<(), Error> {
+        let bytes =
+            postcard::to_allocvec(&st.transitions).map_err(|_| Error::Corrupt("encode chain"))?;
+        let mut b = StorageBatch::new();
+        b.push(Op::PutMeta {
+            key: self.inner.chain_key.clone(),
+            value: bytes,
+        });
+        self.inner
+            .store
+            .storage()
+            .write(b)
+            .await
+            .map_err(hypercore_rs::Error::from)?;
+        Ok(())
+    }
+
+    /// Takes in signatures over a transition checkpoint heard from a peer.
+    async fn add_transition(&self, mut t: SignedCheckpoint) -> Result<(), Error> {
+        t.retain_valid();
+        if t.checkpoint.base != self.inner.key || t.signatures.is_empty() {
+            return Ok(());
+        }
+        let mut st = self.inner.state.lock().await;
+        // Only signatures of writers this peer knows (so strangers cannot
+        // fill the pending slots).
+        let known = |k: &[u8; 32]| st.base_host.writers().iter().any(|w| &w.key == k);
+        if !t
+            .signatures
+            .iter()
+            .any(|s| known(&crate::checkpoint::writer_key(&s.public_key)))
+        {
+            return Ok(());
+        }
+        if let Some(o) = st
+            .transitions
+            .iter_mut()
+            .find(|o| o.checkpoint == t.checkpoint)
+        {
+            let before = o.signatures.len();
+            let _ = o.merge(&t);
+            if o.signatures.len() != before {
+                self.persist_chain(&st).await?;
+            }
+        } else if t.checkpoint.indexed_length > st.lin.committed_count() {
+            if let Some(p) = st
+                .pending_transitions
+                .iter_mut()
+                .find(|p| p.checkpoint == t.checkpoint)
+            {
+                let _ = p.merge(&t);
+            } else if st.pending_transitions.len() < MAX_OFFERS {
+                st.pending_transitions.push(t);
+            }
+        }
+        Ok(())
+    }
+
+    /// The chain of transition checkpoints this peer holds, by indexed
+    /// length: a joiner whose trusted indexers (the bootstrap writer) are
+    /// no longer indexers follows it (see [`follow_chain`]).
+    ///
+    /// [`follow_chain`]: crate::checkpoint::follow_chain
+    pub async fn checkpoint_chain(&self) -> Vec<SignedCheckpoint> {
+        let st = self.inner.state.lock().await;
+        let mut v = st.transitions.clone();
+        v.sort_by_key(|t| t.checkpoint.indexed_length);
+        v
     }
 
     /// Starts the uncommitted part over after a writer was cut: a
@@ -1725,10 +1876,13 @@ const MSG_REQUEST: u8 = 0;
 const MSG_OFFER: u8 = 1;
 const MSG_BLOCKS: u8 = 2;
 const MSG_EQUIVOCATION: u8 = 3;
+const MSG_TRANSITION: u8 = 4;
 /// Block bytes per answer message (one larger block goes alone).
 const CHUNK_BYTES: usize = 256 * 1024;
 /// Distinct checkpoints a joiner keeps while waiting (forged ones included).
 const MAX_OFFERS: usize = 16;
+/// Transition checkpoints a joiner keeps while gathering a chain.
+const MAX_CHAIN: usize = 256;
 
 fn blocks_message(id: &[u8; 32], view: u32, start: u64, blocks: &[Vec<u8>]) -> Vec<u8> {
     let mut m = vec![MSG_BLOCKS];
@@ -1869,6 +2023,7 @@ impl Autobase {
         let mut events = Box::pin(self.events()).fuse();
         let mut heard: HashMap<[u8; 32], SignedCheckpoint> = HashMap::new();
         let mut pushed: Option<u64> = None;
+        let mut pushed_chain: HashSet<([u8; 32], usize)> = HashSet::new();
         // The view blocks of the last checkpoint served, by checkpoint id.
         let mut cache: Option<([u8; 32], ViewBlocks)> = None;
         self.push_signature(&core, &mut pushed).await;
@@ -1881,6 +2036,14 @@ impl Autobase {
                 e = events.next() => {
                     if let Some(Event::Updated { .. }) = e {
                         self.push_signature(&core, &mut pushed).await;
+                        for t in self.checkpoint_chain().await {
+                            let mark = (t.checkpoint.signable(), t.signatures.len());
+                            if !t.signatures.is_empty() && pushed_chain.insert(mark) {
+                                let mut m = vec![MSG_TRANSITION];
+                                m.extend_from_slice(&t.encode());
+                                core.send_extension(CHECKPOINT_EXTENSION, m);
+                            }
+                        }
                     }
                     continue;
                 }
@@ -1890,6 +2053,12 @@ impl Autobase {
                 Some((&MSG_EQUIVOCATION, body)) => {
                     if let Ok(p) = Equivocation::decode(body) {
                         self.add_equivocation(p).await?;
+                    }
+                    continue;
+                }
+                Some((&MSG_TRANSITION, body)) => {
+                    if let Ok(t) = SignedCheckpoint::decode(body) {
+                        self.add_transition(t).await?;
                     }
                     continue;
                 }
@@ -1927,6 +2096,13 @@ impl Autobase {
             let mut offer = vec![MSG_OFFER];
             offer.extend_from_slice(&signed.encode());
             core.send_extension(CHECKPOINT_EXTENSION, offer);
+            for t in self.checkpoint_chain().await {
+                if !t.signatures.is_empty() {
+                    let mut m = vec![MSG_TRANSITION];
+                    m.extend_from_slice(&t.encode());
+                    core.send_extension(CHECKPOINT_EXTENSION, m);
+                }
+            }
             if cache.as_ref().is_none_or(|(cid, _)| *cid != id) {
                 let mut views = Vec::with_capacity(signed.checkpoint.views.len());
                 for vc in &signed.checkpoint.views {
@@ -2005,6 +2181,7 @@ impl Autobase {
         let deadline = clock.now() + timeout;
         let mut retry = std::time::Duration::from_millis(50);
         let mut offers: HashMap<[u8; 32], Offer> = HashMap::new();
+        let mut chain: Vec<SignedCheckpoint> = Vec::new();
         loop {
             let now = clock.now();
             if now >= deadline {
@@ -2014,9 +2191,7 @@ impl Autobase {
             // checkpoint with bad blocks or none: ask again, less and less
             // often (every answer resends the views).
             let request = {
-                let st = self.inner.state.lock().await;
-                let trusted = st.base_host.indexer_keys();
-                drop(st);
+                let trusted = self.trusted_via(&chain).await;
                 let gathering = offers
                     .iter()
                     .find(|(_, o)| o.signed.verify(&self.inner.key, &trusted).is_ok());
@@ -2036,11 +2211,24 @@ impl Autobase {
                 let Some((_peer, msg)) = msg else {
                     return Ok(false);
                 };
-                if self.take_answer(&mut offers, &msg).await? {
+                if self.take_answer(&mut offers, &mut chain, &msg).await? {
                     return Ok(true);
                 }
             }
         }
+    }
+
+    /// The indexers this peer trusts, moved along `chain` (links above its
+    /// indexed length only).
+    async fn trusted_via(&self, chain: &[SignedCheckpoint]) -> Vec<[u8; 32]> {
+        let st = self.inner.state.lock().await;
+        let have = st.lin.committed_count();
+        let links: Vec<SignedCheckpoint> = chain
+            .iter()
+            .filter(|l| l.checkpoint.indexed_length > have)
+            .cloned()
+            .collect();
+        crate::checkpoint::follow_chain(&self.inner.key, &st.base_host.indexer_keys(), &links)
     }
 
     /// Folds one answer into `offers`; fast-forwards and returns `true` once
@@ -2048,12 +2236,41 @@ impl Autobase {
     async fn take_answer(
         &self,
         offers: &mut HashMap<[u8; 32], Offer>,
+        chain: &mut Vec<SignedCheckpoint>,
         msg: &[u8],
     ) -> Result<bool, Error> {
-        let (trusted, have) = {
-            let st = self.inner.state.lock().await;
-            (st.base_host.indexer_keys(), st.lin.committed_count())
-        };
+        if let Some((&MSG_TRANSITION, body)) = msg.split_first() {
+            if let Ok(mut t) = SignedCheckpoint::decode(body) {
+                t.retain_valid();
+                if t.checkpoint.base == self.inner.key && !t.signatures.is_empty() {
+                    if chain.len() >= MAX_CHAIN {
+                        // Full (a forger may be filling it): keep only the
+                        // links the walk from the trusted set uses.
+                        let trusted = self.inner.state.lock().await.base_host.indexer_keys();
+                        chain.sort_by_key(|l| l.checkpoint.indexed_length);
+                        let mut current = trusted;
+                        chain.retain(|l| {
+                            let ok = l.verify_link(&self.inner.key, &current).is_ok();
+                            if ok {
+                                current = l.checkpoint.indexers();
+                            }
+                            ok
+                        });
+                    }
+                    let room = chain.len() < MAX_CHAIN;
+                    match chain.iter_mut().find(|o| o.checkpoint == t.checkpoint) {
+                        Some(o) => {
+                            let _ = o.merge(&t);
+                        }
+                        None if room => chain.push(t),
+                        None => {}
+                    }
+                }
+            }
+            return Ok(false);
+        }
+        let trusted = self.trusted_via(chain).await;
+        let have = self.inner.state.lock().await.lin.committed_count();
         let id = match msg.split_first() {
             Some((&MSG_OFFER, body)) => {
                 let Ok(mut signed) = SignedCheckpoint::decode(body) else {
@@ -2104,7 +2321,7 @@ impl Autobase {
         let Some(views) = o.complete() else {
             return Ok(false);
         };
-        match self.fast_forward(&o.signed, &views).await {
+        match self.fast_forward_via(chain, &o.signed, &views).await {
             Ok(()) => Ok(true),
             Err(Error::Checkpoint(_)) => {
                 // Blocks that do not rebuild the signed views (a peer sent

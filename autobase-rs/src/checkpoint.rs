@@ -259,10 +259,23 @@ impl SignedCheckpoint {
         });
     }
 
-    /// Checks the checkpoint for base `base`: every signature verifies, a
-    /// majority of the indexers it names signed, and a majority of
-    /// `trusted` (the indexers the verifier already knows) signed.
-    pub fn verify(&self, base: &[u8; 32], trusted: &[[u8; 32]]) -> Result<(), CheckpointError> {
+    /// Checks one link of a chain of checkpoints: every signature verifies
+    /// and a majority of `previous` signed (the indexers named by the link
+    /// before, or those the verifier trusts). The indexers a link names may
+    /// not have signed it: it is the checkpoint at which an indexer set
+    /// handed over to the next, vouched for by the outgoing set.
+    pub fn verify_link(
+        &self,
+        base: &[u8; 32],
+        previous: &[[u8; 32]],
+    ) -> Result<(), CheckpointError> {
+        let signers = self.signers(base)?;
+        quorum(&signers, previous)
+    }
+
+    /// The writer keys of the signers, sorted; fails unless every signature
+    /// verifies.
+    fn signers(&self, base: &[u8; 32]) -> Result<Vec<[u8; 32]>, CheckpointError> {
         let cp = &self.checkpoint;
         if cp.version != CHECKPOINT_VERSION {
             return Err(CheckpointError::Malformed("version"));
@@ -285,27 +298,59 @@ impl SignedCheckpoint {
         }
         signers.sort_unstable();
         signers.dedup();
-        let count = |set: &[[u8; 32]]| {
-            let mut set = set.to_vec();
-            set.sort_unstable();
-            set.dedup();
-            let signed = set
-                .iter()
-                .filter(|k| signers.binary_search(k).is_ok())
-                .count();
-            (signed, majority(set.len()))
-        };
-        for set in [cp.indexers(), trusted.to_vec()] {
-            if set.is_empty() {
-                return Err(CheckpointError::Malformed("no indexers"));
-            }
-            let (signed, needed) = count(&set);
-            if signed < needed {
-                return Err(CheckpointError::NoQuorum { signed, needed });
+        Ok(signers)
+    }
+
+    /// Checks the checkpoint for base `base`: every signature verifies, a
+    /// majority of the indexers it names signed, and a majority of
+    /// `trusted` (the indexers the verifier already knows) signed.
+    pub fn verify(&self, base: &[u8; 32], trusted: &[[u8; 32]]) -> Result<(), CheckpointError> {
+        let signers = self.signers(base)?;
+        quorum(&signers, &self.checkpoint.indexers())?;
+        quorum(&signers, trusted)
+    }
+}
+
+/// Whether a majority of `set` (deduplicated) is among `signers` (sorted).
+fn quorum(signers: &[[u8; 32]], set: &[[u8; 32]]) -> Result<(), CheckpointError> {
+    let mut set = set.to_vec();
+    set.sort_unstable();
+    set.dedup();
+    if set.is_empty() {
+        return Err(CheckpointError::Malformed("no indexers"));
+    }
+    let signed = set
+        .iter()
+        .filter(|k| signers.binary_search(k).is_ok())
+        .count();
+    let needed = majority(set.len());
+    if signed < needed {
+        return Err(CheckpointError::NoQuorum { signed, needed });
+    }
+    Ok(())
+}
+
+/// Follows a chain of checkpoints from the indexers a verifier trusts: in
+/// order of indexed length, every link signed by a majority of the current
+/// set moves the set to the indexers that link names (links that do not
+/// verify are skipped). Returns the set reached.
+pub fn follow_chain(
+    base: &[u8; 32],
+    trusted: &[[u8; 32]],
+    chain: &[SignedCheckpoint],
+) -> Vec<[u8; 32]> {
+    let mut links: Vec<&SignedCheckpoint> = chain.iter().collect();
+    links.sort_by_key(|l| l.checkpoint.indexed_length);
+    let mut current = trusted.to_vec();
+    for l in links {
+        if l.verify_link(base, &current).is_ok() {
+            let next = l.checkpoint.indexers();
+            if !next.is_empty() {
+                current = next;
             }
         }
-        Ok(())
     }
+    current
 }
 
 /// The Merkle tree hash of a core holding exactly `blocks`.

@@ -51,7 +51,7 @@ mod node;
 pub use base::{
     Apply, Autobase, AutobaseBuilder, Cut, Event, Host, View, WriterInfo, CHECKPOINT_EXTENSION,
 };
-pub use checkpoint::{Checkpoint, CheckpointError, CommittedTip, SignedCheckpoint};
+pub use checkpoint::{follow_chain, Checkpoint, CheckpointError, CommittedTip, SignedCheckpoint};
 pub use equivocation::{Equivocation, EquivocationError, SignedNode};
 pub use error::{ApplyError, Error};
 pub use node::{block_values, Node, MAX_HEADS, NODE_VERSION};

@@ -14,8 +14,11 @@ use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
 use hypercore_rs::Sig;
 use serde::{Deserialize, Serialize};
 
-/// The block format version.
-pub const NODE_VERSION: u8 = 2;
+/// The block format version. The layout starts as it always did
+/// (`{version, height, heads: [{key, length}], body}`, which readers such as
+/// ehr-core's audit export decode) and continues with the previous node's
+/// hash, the pins of the heads and the writer's signature.
+pub const NODE_VERSION: u8 = 1;
 
 /// The most heads a block may name: a block naming more is rejected (each
 /// named key makes every reader open that writer's input core).
@@ -25,7 +28,7 @@ const NODE_HASH_DOMAIN: &str = "autobase-rs/node/v2";
 
 /// A head named by a node: the writer's key, the length of its log seen, and
 /// the hash of node `length - 1` with that writer's signature over it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct WireHead {
     pub(crate) key: [u8; 32],
     pub(crate) length: u64,
@@ -46,7 +49,7 @@ pub(crate) enum Body {
 }
 
 /// The signed part of a block.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Block {
     pub(crate) version: u8,
     pub(crate) height: u64,
@@ -97,10 +100,55 @@ pub(crate) fn verify_node(vk: &VerifyingKey, hash: &[u8; 32], sig: &Sig) -> bool
     .is_ok()
 }
 
+/// The encoded layout: the original fields first, then the trailer.
+#[derive(Serialize, Deserialize)]
+struct Layout {
+    version: u8,
+    height: u64,
+    heads: Vec<LayoutHead>,
+    body: Body,
+    prev: [u8; 32],
+    pins: Vec<Pin>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct LayoutHead {
+    key: [u8; 32],
+    length: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Pin {
+    hash: [u8; 32],
+    sig: Sig,
+}
+
 impl Block {
     fn content(&self) -> Vec<u8> {
+        let layout = Layout {
+            version: self.version,
+            height: self.height,
+            heads: self
+                .heads
+                .iter()
+                .map(|h| LayoutHead {
+                    key: h.key,
+                    length: h.length,
+                })
+                .collect(),
+            body: self.body.clone(),
+            prev: self.prev,
+            pins: self
+                .heads
+                .iter()
+                .map(|h| Pin {
+                    hash: h.hash,
+                    sig: h.sig,
+                })
+                .collect(),
+        };
         // Encoding plain owned data into a Vec cannot fail.
-        postcard::to_allocvec(self).unwrap_or_default()
+        postcard::to_allocvec(&layout).unwrap_or_default()
     }
 
     /// Encodes and signs as node `seq`: the bytes, the node hash and the
@@ -118,8 +166,28 @@ impl Block {
     pub(crate) fn decode(bytes: &[u8], seq: u64) -> Option<Signed> {
         let split = bytes.len().checked_sub(64)?;
         let (content, sig) = bytes.split_at(split);
-        let (b, rest): (Block, _) = postcard::take_from_bytes(content).ok()?;
-        if !rest.is_empty() || b.version != NODE_VERSION || b.height == 0 {
+        let (l, rest): (Layout, _) = postcard::take_from_bytes(content).ok()?;
+        if !rest.is_empty() || l.heads.len() != l.pins.len() {
+            return None;
+        }
+        let b = Block {
+            version: l.version,
+            height: l.height,
+            prev: l.prev,
+            heads: l
+                .heads
+                .into_iter()
+                .zip(l.pins)
+                .map(|(h, p)| WireHead {
+                    key: h.key,
+                    length: h.length,
+                    hash: p.hash,
+                    sig: p.sig,
+                })
+                .collect(),
+            body: l.body,
+        };
+        if b.version != NODE_VERSION || b.height == 0 {
             return None;
         }
         if b.heads.len() > MAX_HEADS || b.heads.iter().any(|h| h.length == 0) {
@@ -196,7 +264,7 @@ mod tests {
     #[test]
     fn golden_ack() {
         let b = Block {
-            version: 2,
+            version: 1,
             height: 3,
             prev: [4; 32],
             heads: vec![WireHead {
@@ -208,15 +276,16 @@ mod tests {
             body: Body::Ack,
         };
         let (bytes, hash, sig) = b.sign(1, &key());
-        let mut want = vec![2u8, 3];
+        // The original layout first (version, height, heads, body), then
+        // prev, the pins and (after the postcard part) the signature.
+        let mut want = vec![1u8, 3, 1];
+        want.extend([7u8; 32]);
+        want.extend([2u8, 0]);
         want.extend([4u8; 32]);
         want.push(1);
-        want.extend([7u8; 32]);
-        want.push(2);
         want.extend([8u8; 32]);
         want.push(64);
         want.extend([9u8; 64]);
-        want.push(0);
         assert_eq!(&bytes[..bytes.len() - 64], &want[..]);
         let got = Block::decode(&bytes, 1).unwrap();
         assert_eq!((got.block, got.hash, got.sig), (b, hash, sig));
@@ -232,7 +301,7 @@ mod tests {
     #[test]
     fn rejects_bad_shapes() {
         let ok = Block {
-            version: 2,
+            version: 1,
             height: 1,
             prev: [1; 32],
             heads: vec![],
@@ -243,7 +312,7 @@ mod tests {
         // prev must be zero exactly for the first node.
         assert!(Block::decode(&enc(&ok), 0).is_none());
         let mut b = ok.clone();
-        b.version = 1;
+        b.version = 2;
         assert!(Block::decode(&enc(&b), 3).is_none());
         let mut b = ok.clone();
         b.height = 0;
@@ -283,7 +352,7 @@ mod tests {
         #[test]
         fn round_trip(height in 1u64..1000, vals in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..20), 1..5)) {
             let b = Block {
-                version: 2,
+                version: 1,
                 height,
                 prev: [0; 32],
                 heads: vec![],

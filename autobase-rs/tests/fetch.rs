@@ -282,3 +282,68 @@ async fn next_msg(rx: &mut futures::channel::mpsc::UnboundedReceiver<(u64, Vec<u
         _ = sleep => panic!("no answer"),
     }
 }
+
+#[tokio::test]
+async fn a_joiner_follows_the_chain_when_the_bootstrap_is_no_longer_an_indexer() {
+    let a = mem(None).await;
+    let b = mem(Some(a.key())).await;
+    connect(&a, &b);
+    serve(&a);
+    serve(&b);
+    a.append(format!("a{}", hex(&b.local_writer_key())).into_bytes())
+        .await
+        .unwrap();
+    settle(&[&a, &b], || async { b.writable().await }).await;
+    // a hands over: it stays a writer, b is the only indexer.
+    a.append(format!("w{}", hex(&a.local_writer_key())).into_bytes())
+        .await
+        .unwrap();
+    for i in 0..10 {
+        a.append(format!("pa{i}=1").into_bytes()).await.unwrap();
+        b.append(format!("pb{i}=1").into_bytes()).await.unwrap();
+    }
+    settle(&[&a, &b], || async {
+        if !converged(&[&a, &b]).await {
+            return false;
+        }
+        // Both transitions carry the outgoing indexers' signatures.
+        let chain = b.checkpoint_chain().await;
+        chain.len() == 2 && chain[0].signatures.len() == 1 && chain[1].signatures.len() == 2
+    })
+    .await;
+    let chain = b.checkpoint_chain().await;
+    assert_eq!(chain[0].checkpoint.indexers().len(), 2);
+    assert_eq!(chain[1].checkpoint.indexers(), vec![b.local_writer_key()]);
+    let history = b.indexed_length().await;
+
+    // Without the chain, b's checkpoint means nothing to a joiner that
+    // trusts only the bootstrap writer a.
+    let (d, calls) = open(Arc::new(MemoryStorage::new()), Some(a.key())).await;
+    let signed = b.sign_checkpoint().await.unwrap();
+    let views = vec![b.view_blocks("view").await.unwrap()];
+    assert!(matches!(
+        d.fast_forward(&signed, &views).await,
+        Err(autobase_rs::Error::Checkpoint(
+            autobase_rs::CheckpointError::NoQuorum { .. }
+        ))
+    ));
+    // A chain whose hand-over lacks the outgoing a's signature does not help.
+    let mut forged = chain.clone();
+    forged[1]
+        .signatures
+        .retain(|s| autobase_rs::checkpoint::writer_key(&s.public_key) == b.local_writer_key());
+    assert!(d.fast_forward_via(&forged, &signed, &views).await.is_err());
+    // Connected to b alone, it fetches the chain and the checkpoint.
+    connect(&b, &d);
+    assert!(d
+        .fast_forward_from_peers(Duration::from_secs(10))
+        .await
+        .unwrap());
+    assert_eq!(calls.load(Ordering::Relaxed), 0);
+    assert_eq!(d.indexed_length().await, history);
+    assert_eq!(
+        d.view_hash("view").await.unwrap(),
+        b.view_hash("view").await.unwrap()
+    );
+    assert_eq!(d.checkpoint_chain().await.len(), 2);
+}

@@ -242,17 +242,17 @@ async fn missing_head_block(c: &Autobase, input: &hypercore_rs::Core, base: [u8;
         h.update(&b[..b.len() - 64]);
         *h.finalize().as_bytes()
     };
-    // postcard: version, height, prev, one head (key, length 1000, hash,
-    // signature as bytes), body Values(["x"]).
-    let mut content = vec![2u8, 5];
-    content.extend(prev);
-    content.push(1);
+    // postcard: version, height, one head (key, length 1000), body
+    // Values(["x"]), prev, one pin (hash, signature as bytes).
+    let mut content = vec![1u8, 5, 1];
     content.extend([9u8; 32]);
     content.extend([0xE8, 0x07]);
+    content.extend([1, 1, 1, b'x']);
+    content.extend(prev);
+    content.push(1);
     content.extend([0u8; 32]);
     content.push(64);
     content.extend([0u8; 64]);
-    content.extend([1, 1, 1, b'x']);
     let mut h = blake3::Hasher::new_derive_key("autobase-rs/node/v2");
     h.update(&seq.to_le_bytes());
     h.update(&content);

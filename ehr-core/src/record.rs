@@ -235,6 +235,7 @@ pub struct RecordBuilder {
     storage: Arc<dyn Storage>,
     clock: Arc<dyn Clock>,
     entropy: Arc<dyn Entropy>,
+    seed: Option<[u8; 32]>,
 }
 
 impl std::fmt::Debug for RecordBuilder {
@@ -257,11 +258,24 @@ impl RecordBuilder {
         self
     }
 
+    /// The store's primary seed, from which every key of this device is
+    /// derived (writer, network and device identities), held by the
+    /// application (e.g. in a [`crate::keystore`] file locked by a
+    /// passphrase) instead of in the storage in clear. Every later open
+    /// must pass the same seed.
+    pub fn seed(mut self, seed: [u8; 32]) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
     async fn base(
         &self,
         key: Option<[u8; 32]>,
     ) -> Result<(Corestore, Autobase, PreparedSlot), Error> {
-        let store = Corestore::open_with_entropy(self.storage.clone(), &*self.entropy).await?;
+        let store = match self.seed {
+            Some(seed) => Corestore::with_seed(self.storage.clone(), seed),
+            None => Corestore::open_with_entropy(self.storage.clone(), &*self.entropy).await?,
+        };
         let prepared = PreparedSlot::default();
         let apply = RecordApply {
             prepared: prepared.clone(),
@@ -567,6 +581,7 @@ impl Record {
             storage,
             clock: Arc::new(SystemClock),
             entropy: Arc::new(OsEntropy),
+            seed: None,
         }
     }
 

@@ -23,7 +23,7 @@ fn connect(a: &Record, b: &Record) {
 }
 
 const CLEAR: &[u8] = br#"{"resourceType":"Observation","id":"clear","subject":{"reference":"Patient/p"},"note":[{"text":"HIV positive"}]}"#;
-const SEALED: &[u8] = br#"{"resourceType":"Observation","id":"ok","subject":{"reference":"Patient/p"},"effectiveDateTime":"2024-01-01","note":[{"text":"fine"}]}"#;
+const SEALED: &[u8] = br#"{"resourceType":"Observation","id":"ok","subject":{"reference":"Patient/p"},"meta":{"security":[{"system":"http://terminology.hl7.org/CodeSystem/v3-Confidentiality","code":"R"}]},"category":[{"coding":[{"code":"vital-signs"}]}],"code":{"coding":[{"system":"http://loinc.org","code":"29463-7"}]},"effectivePeriod":{"start":"2024-01-01"},"note":[{"text":"fine"}]}"#;
 
 async fn pump(peers: &[&Record], done: impl AsyncFn() -> bool) {
     for _ in 0..20_000 {

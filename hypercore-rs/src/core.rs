@@ -1113,6 +1113,15 @@ impl Core {
         self.scheduler().peer_count()
     }
 
+    /// Whether this core is in step with its peers: every connected peer
+    /// that has told its length reports this core's length and has said it
+    /// holds every block below it. `None` when no peer has told its length
+    /// yet. Says nothing about peers that are not connected.
+    pub fn peers_in_step(&self) -> Option<bool> {
+        let length = self.length();
+        self.scheduler().peers_match(length)
+    }
+
     /// Subscribes to an extension: messages that peers send under `name`,
     /// with an id of the peer that sent them.
     pub fn extension(&self, name: &str) -> mpsc::UnboundedReceiver<(u64, Vec<u8>)> {

@@ -58,6 +58,10 @@ const KIND_AUTH: u8 = 0;
 const KIND_FRAME_START: u8 = 1;
 const KIND_FRAME_CONTINUE: u8 = 2;
 const KIND_KEEPALIVE: u8 = 3;
+/// Several whole frames in one record, each `u32 LE length` + bytes.
+const KIND_FRAMES: u8 = 4;
+/// Bytes of the `u32 LE` length before each frame of a [`KIND_FRAMES`] record.
+const PACKED_LEN: usize = 4;
 
 /// Errors of a secure connection. Any error except the local-misuse ones
 /// ([`SecureError::NotEstablished`], [`SecureError::FrameTooLarge`] on send)
@@ -314,9 +318,14 @@ pub struct SecureConnection {
     inbuf: Vec<u8>,
     in_pos: usize,
     in_end: usize,
-    /// Sealed records; `outbuf[out_pos..]` is not transmitted yet.
+    /// Sealed records; `outbuf[out_pos..]` is not transmitted yet. If
+    /// `open_record` is set, the output buffer ends with that record,
+    /// still plaintext: small frames sent before the next transmit are
+    /// appended to it, then it is sealed once.
     outbuf: Vec<u8>,
     out_pos: usize,
+    /// Where the unsealed last record starts (its `u16` length header).
+    open_record: Option<usize>,
     events: VecDeque<SecureEvent>,
     partial: Option<PartialFrame>,
     handshake_deadline: Instant,
@@ -374,6 +383,7 @@ impl SecureConnection {
             in_end: 0,
             outbuf: Vec::new(),
             out_pos: 0,
+            open_record: None,
             events: VecDeque::new(),
             partial: None,
             last_received: now,
@@ -513,8 +523,15 @@ impl SecureConnection {
                 len: frame.len() as u64,
                 max: self.config.max_frame_len,
             })?;
+        if frame.len() <= MAX_RECORD_PLAINTEXT - FRAME_START_HEADER {
+            return self.send_small(frame, len, now);
+        }
         let first_len = frame.len().min(MAX_RECORD_PLAINTEXT - FRAME_START_HEADER);
         let (first, mut rest) = frame.split_at(first_len);
+        if let Err(e) = self.seal_open_record() {
+            self.fail();
+            return Err(e);
+        }
         self.compact_output();
         let records = 1 + rest.len().div_ceil(MAX_RECORD_PLAINTEXT - 1);
         self.outbuf
@@ -543,8 +560,92 @@ impl SecureConnection {
         result
     }
 
+    /// Queues a frame that fits in one record: appended to the open record
+    /// when it has room (packing small frames: one seal and one tag per
+    /// record instead of per frame), else the start of a new open record.
+    fn send_small(&mut self, frame: &[u8], len: u32, now: Instant) -> Result<(), SecureError> {
+        if let Some(start) = self.open_record {
+            let plain_len = self.outbuf.len() - (start + 2);
+            if plain_len + PACKED_LEN + frame.len() <= MAX_RECORD_PLAINTEXT {
+                // A one-frame record (kind 1, whole frame) has the same
+                // layout as a packed one: only the kind byte changes.
+                self.outbuf[start + 2] = KIND_FRAMES;
+                self.outbuf.extend_from_slice(&len.to_le_bytes());
+                self.outbuf.extend_from_slice(frame);
+                self.last_sent = now;
+                return Ok(());
+            }
+        }
+        if let Err(e) = self.seal_open_record() {
+            self.fail();
+            return Err(e);
+        }
+        if !matches!(self.state, State::Established { .. }) {
+            return Err(SecureError::Internal);
+        }
+        self.compact_output();
+        let start = self.outbuf.len();
+        self.outbuf
+            .reserve(2 + FRAME_START_HEADER + frame.len() + TAG_LEN);
+        self.outbuf.extend_from_slice(&[0, 0, KIND_FRAME_START]);
+        self.outbuf.extend_from_slice(&len.to_le_bytes());
+        self.outbuf.extend_from_slice(frame);
+        self.open_record = Some(start);
+        self.last_sent = now;
+        Ok(())
+    }
+
+    /// Seals the open record, if any, where it lies.
+    fn seal_open_record(&mut self) -> Result<(), SecureError> {
+        match self.open_record.take() {
+            Some(start) => self.seal_from(start),
+            None => Ok(()),
+        }
+    }
+
+    /// Seals the record starting at `start` (its `u16` header, then
+    /// plaintext up to the end of the output buffer) in place.
+    fn seal_from(&mut self, start: usize) -> Result<(), SecureError> {
+        let cipher = match &mut self.state {
+            State::AwaitingProof { ciphers, .. } | State::Established { ciphers, .. } => {
+                &mut ciphers.send
+            }
+            _ => return Err(SecureError::Internal),
+        };
+        let body = start + 2;
+        let sealed = u16::try_from(self.outbuf.len() - body + TAG_LEN)
+            .map_err(|_| SecureError::Internal)
+            .and_then(|len| Ok((len, cipher.seal(&mut self.outbuf[body..])?)));
+        match sealed {
+            Ok((len, tag)) => {
+                self.outbuf.extend_from_slice(&tag);
+                self.outbuf[start..body].copy_from_slice(&len.to_le_bytes());
+                Ok(())
+            }
+            Err(e) => {
+                self.outbuf.truncate(start);
+                Err(e)
+            }
+        }
+    }
+
+    /// Seals the open record so the whole output buffer can be written; a
+    /// failure (the nonce counter ran out) kills the connection.
+    fn seal_for_transmit(&mut self) {
+        if self.seal_open_record().is_err() {
+            self.fail();
+        }
+    }
+
+    /// Bytes queued for the peer (sealed or not), without sealing anything:
+    /// for back-pressure decisions.
+    pub(crate) fn pending_transmit_len(&self) -> usize {
+        self.outbuf.len() - self.out_pos
+    }
+
     /// Takes the bytes that should be written to the peer, if any.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.seal_for_transmit();
         let bytes = if self.out_pos == 0 {
             std::mem::take(&mut self.outbuf)
         } else {
@@ -559,7 +660,12 @@ impl SecureConnection {
     /// write some, then report how many with
     /// [`SecureConnection::advance_transmit`]. Saves the copy (and the
     /// buffer) [`SecureConnection::poll_transmit`] hands over.
-    pub fn transmit_buf(&self) -> &[u8] {
+    ///
+    /// Small frames sent since the last call are sealed here, packed into
+    /// as few records as possible: call it when about to write, not after
+    /// every [`SecureConnection::send`].
+    pub fn transmit_buf(&mut self) -> &[u8] {
+        self.seal_for_transmit();
         self.outbuf.get(self.out_pos..).unwrap_or_default()
     }
 
@@ -578,6 +684,10 @@ impl SecureConnection {
     fn compact_output(&mut self) {
         if self.out_pos > 0 && self.out_pos >= self.outbuf.len() - self.out_pos {
             self.outbuf.drain(..self.out_pos);
+            if let Some(start) = &mut self.open_record {
+                // Written bytes are all sealed, so they precede the open record.
+                *start = start.saturating_sub(self.out_pos);
+            }
             self.out_pos = 0;
         }
     }
@@ -641,6 +751,10 @@ impl SecureConnection {
     /// Closes the connection locally. Buffered outgoing bytes stay available
     /// to [`SecureConnection::poll_transmit`]; nothing more is accepted.
     pub fn close(&mut self) {
+        if self.seal_open_record().is_err() {
+            self.outbuf = Vec::new();
+            self.out_pos = 0;
+        }
         self.state = State::Closed;
         self.partial = None;
         self.inbuf = Vec::new();
@@ -650,6 +764,7 @@ impl SecureConnection {
 
     /// Kills the connection after an error: nothing more is sent either.
     fn fail(&mut self) {
+        self.open_record = None;
         self.close();
         self.outbuf = Vec::new();
         self.out_pos = 0;
@@ -846,12 +961,52 @@ impl SecureConnection {
                     data,
                 )
             }
+            KIND_FRAMES => {
+                if self.partial.is_some() {
+                    return Err(SecureError::Malformed("frame started inside a frame"));
+                }
+                if body.is_empty() {
+                    return Err(SecureError::Malformed("empty packed record"));
+                }
+                // A bad record delivers none of its frames.
+                let delivered = self.events.len();
+                let result = self.unpack(body);
+                if result.is_err() {
+                    self.events.truncate(delivered);
+                }
+                result
+            }
             KIND_FRAME_CONTINUE => match self.partial.take() {
                 Some(partial) => self.append_chunk(partial, body),
                 None => Err(SecureError::Malformed("continuation without a frame")),
             },
             KIND_AUTH => Err(SecureError::Malformed("repeated identity proof")),
             _ => Err(SecureError::Malformed("unknown record kind")),
+        }
+    }
+
+    /// Queues the frames of a packed record's body as messages.
+    fn unpack(&mut self, body: &[u8]) -> Result<(), SecureError> {
+        let mut rest = body;
+        while let Some((len, tail)) = rest.split_first_chunk::<PACKED_LEN>() {
+            let len = u32::from_le_bytes(*len);
+            if len > self.config.max_frame_len {
+                return Err(SecureError::FrameTooLarge {
+                    len: u64::from(len),
+                    max: self.config.max_frame_len,
+                });
+            }
+            let len = usize::try_from(len).map_err(|_| SecureError::Internal)?;
+            let Some((frame, tail)) = tail.split_at_checked(len) else {
+                return Err(SecureError::Malformed("packed frame overruns its record"));
+            };
+            self.events.push_back(SecureEvent::Message(frame.to_vec()));
+            rest = tail;
+        }
+        if rest.is_empty() {
+            Ok(())
+        } else {
+            Err(SecureError::Malformed("truncated packed frame header"))
         }
     }
 
@@ -876,31 +1031,20 @@ impl SecureConnection {
         now: Instant,
         fill: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), SecureError> {
-        let cipher = match &mut self.state {
-            State::AwaitingProof { ciphers, .. } | State::Established { ciphers, .. } => {
-                &mut ciphers.send
-            }
-            _ => return Err(SecureError::Internal),
-        };
+        // Records are sealed in buffer order (the nonce is a counter).
+        self.seal_open_record()?;
+        if !matches!(
+            self.state,
+            State::AwaitingProof { .. } | State::Established { .. }
+        ) {
+            return Err(SecureError::Internal);
+        }
         let start = self.outbuf.len();
-        let body = start + 2;
         self.outbuf.extend_from_slice(&[0, 0]);
         fill(&mut self.outbuf);
-        let sealed = u16::try_from(self.outbuf.len() - body + TAG_LEN)
-            .map_err(|_| SecureError::Internal)
-            .and_then(|len| Ok((len, cipher.seal(&mut self.outbuf[body..])?)));
-        match sealed {
-            Ok((len, tag)) => {
-                self.outbuf.extend_from_slice(&tag);
-                self.outbuf[start..body].copy_from_slice(&len.to_le_bytes());
-                self.last_sent = now;
-                Ok(())
-            }
-            Err(e) => {
-                self.outbuf.truncate(start);
-                Err(e)
-            }
-        }
+        self.seal_from(start)?;
+        self.last_sent = now;
+        Ok(())
     }
 }
 
@@ -1141,6 +1285,156 @@ mod tests {
         let mut exhausted = CipherState::new(&[9; 32]);
         exhausted.nonce = u64::MAX;
         assert_eq!(exhausted.seal(&mut []), Err(SecureError::Internal));
+    }
+
+    /// An established pair (default configs, `b` with `b_config`).
+    fn pair(now: Instant, b_config: SecureConfig) -> (SecureConnection, SecureConnection) {
+        let mut entropy = SeededEntropy::from_u64(1);
+        let (alice, bob) = (KeyPair::from_seed([1; 32]), KeyPair::from_seed([2; 32]));
+        let mut a = SecureConnection::new(
+            Role::Initiator,
+            &alice,
+            SecureConfig::default(),
+            &mut entropy,
+            now,
+        )
+        .unwrap();
+        let mut b =
+            SecureConnection::new(Role::Responder, &bob, b_config, &mut entropy, now).unwrap();
+        for _ in 0..4 {
+            if let Some(bytes) = a.poll_transmit() {
+                b.handle_input(&bytes, now).unwrap();
+            }
+            if let Some(bytes) = b.poll_transmit() {
+                a.handle_input(&bytes, now).unwrap();
+            }
+        }
+        assert!(a.is_established() && b.is_established());
+        while a.poll_event().is_some() || b.poll_event().is_some() {}
+        (a, b)
+    }
+
+    /// Packed records (kind 4) that lie about their frames close the
+    /// receiver with a typed error and deliver nothing.
+    #[test]
+    fn malformed_packed_records_are_refused() {
+        let now = Instant::now();
+        let packed = |frames: &[(u32, &[u8])]| {
+            let mut p = vec![KIND_FRAMES];
+            for (len, bytes) in frames {
+                p.extend_from_slice(&len.to_le_bytes());
+                p.extend_from_slice(bytes);
+            }
+            p
+        };
+        let cases: Vec<(Vec<u8>, SecureError)> = vec![
+            (
+                vec![KIND_FRAMES],
+                SecureError::Malformed("empty packed record"),
+            ),
+            (
+                [packed(&[(2, b"ok")]), vec![1, 0]].concat(),
+                SecureError::Malformed("truncated packed frame header"),
+            ),
+            (
+                packed(&[(2, b"ok"), (9, b"short")]),
+                SecureError::Malformed("packed frame overruns its record"),
+            ),
+            (
+                packed(&[(60_000, b"")]),
+                SecureError::Malformed("packed frame overruns its record"),
+            ),
+            (
+                packed(&[(1001, &[0; 1001])]),
+                SecureError::FrameTooLarge {
+                    len: 1001,
+                    max: 1000,
+                },
+            ),
+        ];
+        for (plain, expected) in cases {
+            let config = SecureConfig::default().with_max_frame_len(
+                if matches!(expected, SecureError::FrameTooLarge { .. }) {
+                    1000
+                } else {
+                    DEFAULT_MAX_FRAME_LEN
+                },
+            );
+            let (mut a, mut b) = pair(now, config);
+            a.seal_with(now, |out| out.extend_from_slice(&plain))
+                .unwrap();
+            let wire = a.poll_transmit().unwrap();
+            assert_eq!(b.handle_input(&wire, now), Err(expected));
+            assert!(b.is_closed());
+            assert!(b.poll_event().is_none());
+        }
+        // A packed record inside a frame split over several records.
+        let (mut a, mut b) = pair(now, SecureConfig::default());
+        a.seal_with(now, |out| {
+            out.push(KIND_FRAME_START);
+            out.extend_from_slice(&100u32.to_le_bytes());
+            out.extend_from_slice(&[1; 10]);
+        })
+        .unwrap();
+        a.seal_with(now, |out| out.extend_from_slice(&packed(&[(1, b"x")])))
+            .unwrap();
+        let wire = a.poll_transmit().unwrap();
+        assert_eq!(
+            b.handle_input(&wire, now),
+            Err(SecureError::Malformed("frame started inside a frame"))
+        );
+    }
+
+    /// Small frames queued between two transmits share one record, sealed
+    /// when the bytes are taken; a keep-alive or a big frame seals the open
+    /// record first, so records stay in nonce order.
+    #[test]
+    fn small_frames_are_packed_and_sealed_in_order() {
+        let now = Instant::now();
+        let (mut a, mut b) = pair(now, SecureConfig::default());
+        a.send(b"one", now).unwrap();
+        a.send(b"", now).unwrap();
+        a.send(b"three", now).unwrap();
+        // Still plaintext: nothing sealed before it is asked for.
+        assert!(a.open_record.is_some());
+        let later = now + Duration::from_secs(6);
+        a.handle_timeout(later).unwrap(); // keep-alive after the open record
+        a.send(&vec![5; 70_000], later).unwrap(); // two records of its own
+        a.send(b"tail", later).unwrap();
+        let wire = a.transmit_buf().to_vec();
+        let n = wire.len();
+        a.advance_transmit(n);
+        let mut records = 0;
+        let mut pos = 0;
+        while pos < wire.len() {
+            pos += 2 + usize::from(u16::from_le_bytes([wire[pos], wire[pos + 1]]));
+            records += 1;
+        }
+        // packed (3 frames), keep-alive, big frame (2), "tail".
+        assert_eq!(records, 5);
+        b.handle_input(&wire, later).unwrap();
+        let got: Vec<Vec<u8>> = std::iter::from_fn(|| b.poll_event())
+            .map(|e| match e {
+                SecureEvent::Message(m) => m,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                b"one".to_vec(),
+                Vec::new(),
+                b"three".to_vec(),
+                vec![5; 70_000],
+                b"tail".to_vec()
+            ]
+        );
+        // Closing seals what is still open.
+        a.send(b"last", later).unwrap();
+        a.close();
+        let wire = a.poll_transmit().unwrap();
+        b.handle_input(&wire, later).unwrap();
+        assert!(matches!(b.poll_event(), Some(SecureEvent::Message(m)) if m == b"last"));
     }
 
     #[test]

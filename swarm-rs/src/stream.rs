@@ -232,7 +232,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SecureStream<S> {
     }
 
     fn pending_write(&self) -> usize {
-        self.conn.transmit_buf().len()
+        self.conn.pending_transmit_len()
     }
 }
 

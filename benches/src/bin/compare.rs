@@ -71,6 +71,7 @@ fn replication() -> Result<(), String> {
     let reader = futures::executor::block_on(b.get_by_key(writer.key())).map_err(|e| fail(&e))?;
 
     let t0 = Instant::now();
+    let cpu0 = process_cpu_secs();
     if std::env::var("REPL_THREADS").as_deref() != Ok("2") {
         let (x, y) = replication::duplex();
         let res: Result<(), String> = futures::executor::block_on(async {
@@ -104,7 +105,11 @@ fn replication() -> Result<(), String> {
                 n,
                 bytes,
                 secs,
-                &[("block_size", size.to_string()), ("threads", "1".into())]
+                &[
+                    ("block_size", size.to_string()),
+                    ("threads", "1".into()),
+                    ("cpu_secs", cpu_since(cpu0)),
+                ]
             )
         );
         let c = open_store("reader-tcp")?;
@@ -173,6 +178,7 @@ fn replication_tcp(
     let n = writer.length();
     let reader = async_io::block_on(dest.get_by_key(writer.key())).map_err(|e| e.to_string())?;
     let t0 = Instant::now();
+    let cpu0 = process_cpu_secs();
     let (a, b) = async_io::block_on(ehr_benches::tcp::secure_pair()).map_err(|e| e.to_string())?;
     let hash = a.handshake_hash().map(|h| h.as_bytes().to_vec());
     let mut serve_options = ReplicateOptions::new(true);
@@ -233,10 +239,33 @@ fn replication_tcp(
                 ("block_size", size.to_string()),
                 ("threads", if threads { "2" } else { "1" }.into()),
                 ("transport", "\"tcp+noise\"".into()),
+                ("cpu_secs", cpu_since(cpu0)),
             ]
         )
     );
     Ok(())
+}
+
+/// CPU time (user + system, all threads) this process has used so far,
+/// from `/proc/self/stat` (Linux; clock ticks of 10 ms): the steadier
+/// figure when the machine is shared and wall-clock time swings.
+fn process_cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the line, so the 12th and 13th here.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// CPU seconds used since `start` as a JSON number (`null` if unknown).
+fn cpu_since(start: Option<f64>) -> String {
+    match (start, process_cpu_secs()) {
+        (Some(a), Some(b)) => format!("{:.2}", b - a),
+        _ => "null".into(),
+    }
 }
 
 async fn open_core(dir: &std::path::Path) -> Result<Core, String> {

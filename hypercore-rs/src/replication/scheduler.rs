@@ -339,6 +339,14 @@ impl Scheduler {
         self.peers.len()
     }
 
+    /// Whether every peer that has said how long this core is reports
+    /// `length` and holds every block below it; `None` if none has said.
+    pub(crate) fn peers_match(&self, length: u64) -> Option<bool> {
+        let mut synced = self.peers.values().filter(|p| p.synced).peekable();
+        synced.peek()?;
+        Some(synced.all(|p| p.length == length && p.have.covers(0, length)))
+    }
+
     pub(crate) fn subscribe_extension(
         &mut self,
         name: &str,

@@ -6,7 +6,7 @@ use crate::table;
 use crate::{AuditCmd, CliError, Command, GrantsCmd, MirrorCmd};
 use ehr_core::consent::{Perms, Scope};
 use ehr_core::fhir::{format_instant, parse_fhir_date, Coding};
-use ehr_core::{Attachment, Grant, Query, Record, Role, Version};
+use ehr_core::{Attachment, Grant, Query, Role, Version};
 use ehr_examples::{hex, parse_key};
 use futures::executor::{LocalPool, LocalSpawner};
 use futures::task::LocalSpawnExt;
@@ -62,6 +62,7 @@ async fn dispatch(cmd: Command, data: &Path, sp: LocalSpawner) -> Result<(), Cli
         }
         Command::Sync(a) => sync(data, a, &sp).await,
         Command::Demo(a) => crate::demo::run(a, &sp).await,
+        Command::Emergency(c) => crate::emergency::run(data, c).await,
     }
 }
 
@@ -119,9 +120,10 @@ async fn init(
         return Err(CliError::Exists(data.to_path_buf()));
     }
     std::fs::create_dir_all(data).map_err(|e| CliError::io(data, e))?;
+    let locked = store::create_key_file(data)?.is_some();
     let storage = store::open_storage(data, true)?;
     if let Some(p) = patient {
-        let record = Record::builder(storage)
+        let record = store::builder(data, storage)?
             .create(&p)
             .await
             .map_err(|e| CliError::ehr(format!("cannot create a record for {p:?}"), e))?;
@@ -141,6 +143,9 @@ async fn init(
         )?;
         println!("created provider identity {name:?} in {}", data.display());
         println!("next: `ehr join INVITE --peer HOST:PORT` with the invite the patient gives you");
+    }
+    if locked {
+        println!("keys locked with the passphrase: every command needs it (--passphrase-file FILE or EHR_PASSPHRASE)");
     }
     Ok(())
 }
@@ -165,7 +170,7 @@ pub(crate) async fn join(data: &Path, key: &str) -> Result<(), CliError> {
         }
     }
     let storage = store::open_storage(data, false)?;
-    let rec = Record::builder(storage).join(record_key).await?;
+    let rec = store::builder(data, storage)?.join(record_key).await?;
     rec.flush().await?;
     store::save_identity(
         data,
@@ -230,6 +235,8 @@ async fn whoami(data: &Path, as_json: bool) -> Result<(), CliError> {
         v["patient"] = json!(r.patient_id());
         v["writer_key"] = json!(hex(&r.writer_key()));
         v["identity"] = json!(hex(r.identity().public_key().as_bytes()));
+        // What scope keys and emergency shares are sealed to.
+        v["device_key"] = json!(hex(&ehr_core::SecureRecord::new(r.clone()).identity().0));
         v["writable"] = json!(r.writable().await);
         v["grant"] = match r.grant_of(&r.writer_key()).await? {
             Some((g, revoked)) => grant_json(&g, revoked),
@@ -248,6 +255,7 @@ async fn whoami(data: &Path, as_json: bool) -> Result<(), CliError> {
         println!("patient     {}", s("patient"));
         println!("writer key  {}", s("writer_key"));
         println!("identity    {}", s("identity"));
+        println!("device key  {}", s("device_key"));
         let g = &v["grant"];
         let grant = if g.is_null() {
             "none yet (the patient grants it with `ehr grants add`)".to_owned()
@@ -1132,9 +1140,6 @@ async fn rejected(data: &Path, as_json: bool) -> Result<(), CliError> {
 
 // ---------------------------------------------------------------- sync
 
-/// How long nothing may change before `--once` calls it caught up.
-const QUIET: Duration = Duration::from_millis(800);
-
 async fn sync(data: &Path, a: crate::SyncArgs, sp: &LocalSpawner) -> Result<(), CliError> {
     if a.listen.is_none() && a.peer.is_empty() && !a.lan {
         return Err(CliError::Usage(
@@ -1181,7 +1186,6 @@ async fn sync(data: &Path, a: crate::SyncArgs, sp: &LocalSpawner) -> Result<(), 
     };
     let start = Instant::now();
     let mut last = net::state(&r).await?;
-    let mut last_change = Instant::now();
     let mut reported = last.0;
     loop {
         async_io::Timer::after(Duration::from_millis(100)).await;
@@ -1198,13 +1202,18 @@ async fn sync(data: &Path, a: crate::SyncArgs, sp: &LocalSpawner) -> Result<(), 
                 reported = now.0;
             }
             last = now;
-            last_change = Instant::now();
             r.flush().await?;
         }
         if a.once {
             let connected = ever.load(Ordering::SeqCst) > 0;
-            if connected && last_change.elapsed() >= QUIET {
+            // Caught up: every log's length and blocks match the peers'.
+            if connected && net::caught_up(&r).await? {
                 break;
+            }
+            // Only dialled peers, all gone before anything matched: the
+            // peer refused this device (or went away).
+            if connected && live.load(Ordering::SeqCst) == 0 && !a.lan && a.listen.is_none() {
+                return Err(CliError::Other("the peer closed the connection before this device caught up: it may not let this device in (the patient grants it with `ehr grants add WRITER --identity ID`); what arrived is kept".into()));
             }
             if start.elapsed() > Duration::from_secs(a.timeout) {
                 return Err(if connected {

@@ -10,6 +10,7 @@
 
 mod commands;
 mod demo;
+mod emergency;
 mod invite;
 mod net;
 mod store;
@@ -26,6 +27,14 @@ pub(crate) struct Cli {
     /// The data folder (default: $XDG_DATA_HOME/ehr or ~/.local/share/ehr).
     #[arg(long, global = true, value_name = "DIR")]
     data: Option<PathBuf>,
+    /// The passphrase locking this data folder's keys (at `init`: lock them
+    /// with it). Visible to other local users in the process list: prefer
+    /// --passphrase-file or EHR_PASSPHRASE.
+    #[arg(long, global = true, value_name = "PASS")]
+    passphrase: Option<String>,
+    /// Read the passphrase from the first line of this file.
+    #[arg(long, global = true, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -107,6 +116,9 @@ pub(crate) enum Command {
     Sync(SyncArgs),
     /// Play the whole story on this machine (temporary folders, TCP loopback).
     Demo(DemoArgs),
+    /// Emergency access: set up a card or K-of-N contacts, release, open, accept, list.
+    #[command(subcommand)]
+    Emergency(emergency::EmergencyCmd),
 }
 
 #[derive(Args, Debug)]
@@ -289,6 +301,10 @@ pub(crate) enum CliError {
     Exists(PathBuf),
     #[error("the data folder {0} is in use by another ehr process: stop it (for example a running `ehr sync`) or wait, then retry")]
     Locked(PathBuf),
+    #[error("the keys in {0} are locked with a passphrase: pass --passphrase-file FILE or set EHR_PASSPHRASE (nothing was changed)")]
+    NeedPassphrase(PathBuf),
+    #[error("wrong passphrase for {0}: check it and retry (nothing was changed)")]
+    WrongPassphrase(PathBuf),
     #[error("this provider has not joined a record yet: run `ehr join RECORD_KEY` with the key the patient shared")]
     NotJoined,
     #[error("{0}: {1}")]
@@ -350,7 +366,12 @@ impl From<ehr_core::Error> for CliError {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let data = cli.data.clone().unwrap_or_else(store::default_data_dir);
-    match commands::run(cli.command, &data) {
+    let result = store::passphrase_from(cli.passphrase.clone(), cli.passphrase_file.as_deref())
+        .and_then(|p| {
+            store::set_passphrase(p);
+            commands::run(cli.command, &data)
+        });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let line = e.to_string().replace('\n', " ");

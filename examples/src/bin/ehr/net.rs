@@ -174,6 +174,31 @@ pub(crate) async fn state(record: &Record) -> Result<(u64, Vec<([u8; 32], u64)>)
     Ok((record.view_version().await?, record.base().heads().await))
 }
 
+/// Whether this peer is caught up with the peers it replicates with:
+/// every writer's log is held in full here, and every connected peer that
+/// has told its length of that log reports the same length and holds all
+/// of it (both directions: nothing to fetch, nothing left to send). At
+/// least one log must have been compared with a peer.
+pub(crate) async fn caught_up(record: &Record) -> Result<bool, CliError> {
+    let store = record.base().store().clone();
+    let mut compared = false;
+    for (key, _) in record.base().heads().await {
+        let core = store
+            .get_by_key(key)
+            .await
+            .map_err(|e| CliError::Other(e.to_string()))?;
+        if core.contiguous_length() < core.length() {
+            return Ok(false);
+        }
+        match core.peers_in_step() {
+            Some(false) => return Ok(false),
+            Some(true) => compared = true,
+            None => {}
+        }
+    }
+    Ok(compared)
+}
+
 /// Pulls in what replication brought until `done` holds, polling every
 /// 20 ms, at most `limit`.
 pub(crate) async fn settle<F, Fut>(
