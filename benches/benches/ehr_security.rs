@@ -64,6 +64,25 @@ fn put_get(c: &mut Criterion) {
                 .expect("present")
         })
     });
+    // The first read of a shell (no cache of opened shells): probe, base64,
+    // XSalsa20-Poly1305 and the binding check on the stored bytes.
+    let shell = block_on(secure.record().get("Observation", "o1"))
+        .expect("get")
+        .and_then(|v| v.resource)
+        .expect("present");
+    // The same lookup in the sealed record without opening (its view holds
+    // more than the plain one: key wraps, audit events), to tell the cost
+    // of opening from the cost of the lookup itself.
+    g.bench_function("get/sealed-shell-only", |b| {
+        b.iter(|| {
+            block_on(secure.record().get("Observation", "o1"))
+                .expect("get")
+                .expect("present")
+        })
+    });
+    g.bench_function("open/sealed-uncached", |b| {
+        b.iter(|| block_on(secure.open_stored(&shell)).expect("open"))
+    });
     g.finish();
 }
 

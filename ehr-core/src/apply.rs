@@ -16,7 +16,7 @@
 //! been seen past it, whatever clock the provider claims.
 
 use crate::consent::{Action, Denied, Grant, Role};
-use crate::fhir::{FhirError, Resource, ResourceRef};
+use crate::fhir::{FhirError, Resource, ResourceInfo, ResourceRef};
 use crate::op::{Expect, ImportOp, Op, OpBody, WriterKey};
 use crate::view::{
     self, decode, encode, Fields, GenesisRec, HeadRec, RejectedRec, VersionRec, WriterRec,
@@ -225,9 +225,24 @@ pub async fn apply_node<K: Kv + ?Sized>(
     members: &mut dyn Membership,
     node: Node<'_>,
 ) -> Result<Outcome, KvError> {
+    apply_node_parsed(kv, members, node, Vec::new()).await
+}
+
+/// [`apply_node`] with the op's resources already parsed by this device
+/// (`parsed[i]` is the [`ResourceInfo`] of the i-th resource of the op, as
+/// `Resource::parse` gave it for exactly those bytes), so they are not
+/// parsed again. Parsing is a pure function of the bytes, so the outcome is
+/// the same as without; the caller must only pass infos it got by parsing
+/// the very bytes inside `node.value` (see `record::Prepared`).
+pub(crate) async fn apply_node_parsed<K: Kv + ?Sized>(
+    kv: &mut K,
+    members: &mut dyn Membership,
+    node: Node<'_>,
+    parsed: Vec<Option<ResourceInfo>>,
+) -> Result<Outcome, KvError> {
     let (time, decided) = match Op::decode(node.value) {
         Err(_) => (0, Err(Rejection::Malformed)),
-        Ok(op) => (op.time, decide(kv, members, &node, op).await?),
+        Ok(op) => (op.time, decide(kv, members, &node, op, parsed).await?),
     };
     match decided {
         Ok(()) => Ok(Outcome::Accepted),
@@ -258,7 +273,9 @@ async fn decide<K: Kv + ?Sized>(
     members: &mut dyn Membership,
     node: &Node<'_>,
     op: Op,
+    mut parsed: Vec<Option<ResourceInfo>>,
 ) -> Result<Result<(), Rejection>, KvError> {
+    let mut parsed_at = |i: usize| parsed.get_mut(i).and_then(Option::take);
     let genesis: Option<GenesisRec> = get_rec(kv, view::GENESIS).await?;
     let genesis = match (genesis, &op.body) {
         (None, OpBody::Genesis { patient, peer }) => {
@@ -348,9 +365,12 @@ async fn decide<K: Kv + ?Sized>(
             Ok(())
         }
         OpBody::Put { resource, expect } => {
-            match plan_put(kv, &ctx, resource, expect, None, &mut HashMap::new()).await? {
+            let info = parsed_at(0);
+            match plan_put(kv, &ctx, resource, info, expect, None, &mut HashMap::new()).await? {
                 Ok(w) => {
-                    write(kv, &ctx, w).await?;
+                    let mut out = Writes::default();
+                    write(&mut out, &ctx, w);
+                    out.apply(kv).await?;
                     Ok(())
                 }
                 Err(r) => Err(r),
@@ -359,7 +379,9 @@ async fn decide<K: Kv + ?Sized>(
         OpBody::Delete { target, expect } => {
             match plan_delete(kv, &ctx, target, expect, None).await? {
                 Ok(w) => {
-                    write(kv, &ctx, w).await?;
+                    let mut out = Writes::default();
+                    write(&mut out, &ctx, w);
+                    out.apply(kv).await?;
                     Ok(())
                 }
                 Err(r) => Err(r),
@@ -373,7 +395,8 @@ async fn decide<K: Kv + ?Sized>(
                 let entry = Some(u32::try_from(i).unwrap_or(u32::MAX));
                 let w = match e {
                     ImportOp::Put { resource } => {
-                        plan_put(kv, &ctx, resource, Expect::Any, entry, &mut planned).await?
+                        let info = parsed_at(i);
+                        plan_put(kv, &ctx, resource, info, Expect::Any, entry, &mut planned).await?
                     }
                     ImportOp::Delete { target } => {
                         let key = target.to_string();
@@ -395,9 +418,11 @@ async fn decide<K: Kv + ?Sized>(
             match failed {
                 Some(r) => Err(r),
                 None => {
+                    let mut out = Writes::default();
                     for w in writes {
-                        write(kv, &ctx, w).await?;
+                        write(&mut out, &ctx, w);
                     }
+                    out.apply(kv).await?;
                     Ok(())
                 }
             }
@@ -481,13 +506,17 @@ async fn plan_put<K: Kv + ?Sized>(
     kv: &mut K,
     ctx: &Ctx,
     bytes: Vec<u8>,
+    parsed: Option<ResourceInfo>,
     expect: Expect,
     entry: Option<u32>,
     planned: &mut HashMap<String, ()>,
 ) -> Result<Result<Write, Rejection>, KvError> {
-    let res = match Resource::parse(bytes) {
-        Ok(r) => r,
-        Err(e) => return Ok(Err(invalid(e, entry))),
+    let res = match parsed {
+        Some(info) => Resource::from_parsed(bytes, info),
+        None => match Resource::parse(bytes) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(invalid(e, entry))),
+        },
     };
     let Some(id) = res.id() else {
         return Ok(Err(invalid(FhirError::MissingId, entry)));
@@ -582,7 +611,44 @@ async fn plan_delete<K: Kv + ?Sized>(
     }))
 }
 
-async fn write<K: Kv + ?Sized>(kv: &mut K, ctx: &Ctx, w: Write) -> Result<(), KvError> {
+/// The view writes of one node, applied in key order.
+///
+/// An import's resources write about six keys each, scattered over the
+/// B-tree (head, history, five index families); applying them sorted makes
+/// consecutive writes land in the same leaves. A key written twice keeps
+/// its last write (an index entry removed and added again by an update is
+/// one put). The order is a pure function of the writes, so every peer
+/// builds the same view.
+#[derive(Default)]
+struct Writes(Vec<(Vec<u8>, Option<Vec<u8>>)>);
+
+impl Writes {
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.0.push((key, Some(value)));
+    }
+
+    fn del(&mut self, key: Vec<u8>) {
+        self.0.push((key, None));
+    }
+
+    async fn apply<K: Kv + ?Sized>(mut self, kv: &mut K) -> Result<(), KvError> {
+        // Stable: among equal keys the last write stays last.
+        self.0.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut ops = self.0.into_iter().peekable();
+        while let Some((key, value)) = ops.next() {
+            if ops.peek().is_some_and(|(next, _)| *next == key) {
+                continue;
+            }
+            match value {
+                Some(v) => kv.put(&key, &v).await?,
+                None => kv.del(&key).await?,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn write(out: &mut Writes, ctx: &Ctx, w: Write) {
     let (ty, id) = (&w.target.resource_type, &w.target.id);
     let version = w.head.as_ref().map_or(0, |h| h.version) + 1;
     let conflicts = match (&w.head, w.expect) {
@@ -598,15 +664,11 @@ async fn write<K: Kv + ?Sized>(kv: &mut K, ctx: &Ctx, w: Write) -> Result<(), Kv
     if let Some(old) = w.head {
         if !old.deleted() {
             for k in view::index_keys(ty, id, &old.current.author, &old.fields) {
-                kv.del(&k).await?;
+                out.del(k);
             }
         }
         // The superseded version moves into the history.
-        kv.put(
-            &view::version_key(ty, id, old.version),
-            &encode(&old.current),
-        )
-        .await?;
+        out.put(view::version_key(ty, id, old.version), encode(&old.current));
     }
     let fields = w
         .body
@@ -616,7 +678,7 @@ async fn write<K: Kv + ?Sized>(kv: &mut K, ctx: &Ctx, w: Write) -> Result<(), Kv
     let deleted = w.body.is_none();
     if !deleted {
         for k in view::index_keys(ty, id, &ctx.writer, &fields) {
-            kv.put(&k, &[]).await?;
+            out.put(k, Vec::new());
         }
     }
     let head = HeadRec {
@@ -631,7 +693,7 @@ async fn write<K: Kv + ?Sized>(kv: &mut K, ctx: &Ctx, w: Write) -> Result<(), Kv
             body: w.body.map(Resource::into_bytes).unwrap_or_default(),
         },
     };
-    kv.put(&view::head_key(ty, id), &encode(&head)).await
+    out.put(view::head_key(ty, id), encode(&head));
 }
 
 #[cfg(test)]

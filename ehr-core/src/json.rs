@@ -154,12 +154,12 @@ pub(crate) fn plain<'a>(text: &'a [u8], span: &Range<usize>) -> Option<&'a str> 
 
 /// Whether the token is the value of key `name`.
 pub(crate) fn is_value_of(text: &[u8], tok: &StrTok, name: &str) -> bool {
+    // Compared as bytes: a key with an escape never equals a plain name
+    // (the name holds no backslash), exactly as `plain` would decide.
     !tok.is_key
-        && tok
-            .key
-            .as_ref()
-            .and_then(|k| plain(text, k))
-            .is_some_and(|k| k == name)
+        && tok.key.as_ref().is_some_and(|k| {
+            k.end >= k.start + 2 && text.get(k.start + 1..k.end - 1) == Some(name.as_bytes())
+        })
 }
 
 /// Builds a copy of `text` with the given byte ranges replaced. Ranges must

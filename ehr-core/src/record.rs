@@ -12,12 +12,13 @@
 //! concurrent change by another writer (say, a revocation) is ordered before
 //! it; it is then recorded as rejected on every peer.
 
-use crate::apply::{apply_node, Kv, KvError, Membership, Node, Outcome};
+use crate::apply::{apply_node_parsed, Kv, KvError, Membership, Node, Outcome};
 use crate::audit::AuditAction;
 use crate::consent::Grant;
 use crate::error::Error;
 use crate::fhir::{
-    self, format_instant, plan_import, valid_id, FhirError, PlannedEntry, Resource, ResourceRef,
+    self, format_instant, plan_import, valid_id, FhirError, PlannedEntry, Resource, ResourceInfo,
+    ResourceRef,
 };
 use crate::op::{Expect, ImportOp, Op, OpBody, WriterKey};
 use crate::view::{self, decode, GenesisRec, HeadRec, Index, RejectedRec, VersionRec};
@@ -72,8 +73,37 @@ impl Clock for ManualClock {
 pub const VIEW_NAME: &str = "record";
 
 /// The record's `apply`, plugged into autobase: every node goes through
-/// [`apply_node`]; refusals are recorded in the view, never block errors.
-struct RecordApply;
+/// [`apply_node`](crate::apply::apply_node); refusals are recorded in the
+/// view, never block errors.
+struct RecordApply {
+    prepared: PreparedSlot,
+}
+
+/// The op this device is about to append, with its resources as this
+/// device already parsed them, so `apply` does not parse them again. It is
+/// used only for a node whose value is byte-for-byte this op (parsing is a
+/// pure function of the bytes, so the decision is the same either way).
+struct Prepared {
+    op: Vec<u8>,
+    infos: Vec<Option<ResourceInfo>>,
+}
+
+impl RecordApply {
+    /// The parsed resources of `value` if it is the prepared op.
+    fn parsed_for(&self, value: &[u8]) -> Vec<Option<ResourceInfo>> {
+        let mut p = self
+            .prepared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match p.take() {
+            Some(prep) if prep.op == value => prep.infos,
+            other => {
+                *p = other;
+                Vec::new()
+            }
+        }
+    }
+}
 
 /// A [`Kv`] over autobase's pending batch that keeps the original storage
 /// error, so a local I/O failure is reported to autobase as one (retried),
@@ -158,7 +188,8 @@ impl Apply for RecordApply {
                 index: n.index,
                 value: &n.value,
             };
-            if let Err(e) = apply_node(&mut kv, &mut members, node).await {
+            let parsed = self.parsed_for(&n.value);
+            if let Err(e) = apply_node_parsed(&mut kv, &mut members, node, parsed).await {
                 return Err(match kv.failure.take() {
                     Some(b) => ApplyError::Bee(b),
                     // A corrupt view entry: local, not the node's fault,
@@ -237,19 +268,26 @@ impl RecordBuilder {
         self
     }
 
-    async fn base(&self, key: Option<[u8; 32]>) -> Result<(Corestore, Autobase), Error> {
+    async fn base(
+        &self,
+        key: Option<[u8; 32]>,
+    ) -> Result<(Corestore, Autobase, PreparedSlot), Error> {
         let store = match self.seed {
             Some(seed) => Corestore::with_seed(self.storage.clone(), seed),
             None => Corestore::open_with_entropy(self.storage.clone(), &*self.entropy).await?,
         };
-        let base = Autobase::builder(store.clone(), RecordApply)
+        let prepared = PreparedSlot::default();
+        let apply = RecordApply {
+            prepared: prepared.clone(),
+        };
+        let base = Autobase::builder(store.clone(), apply)
             .bootstrap(key)
             .views(&[VIEW_NAME])
             .name("ehr-record")
             .open()
             .await
             .map_err(base_err)?;
-        Ok((store, base))
+        Ok((store, base, prepared))
     }
 
     /// Creates a record for patient `patient_id` on storage that holds
@@ -258,8 +296,8 @@ impl RecordBuilder {
         if !valid_id(patient_id) {
             return Err(FhirError::InvalidId(patient_id.to_owned()).into());
         }
-        let (store, base) = self.base(None).await?;
-        let record = Record::assemble(self, store, base);
+        let (store, base, prepared) = self.base(None).await?;
+        let record = Record::assemble(self, store, base, prepared);
         if record.load_genesis().await?.is_some() {
             return Err(Error::Exists);
         }
@@ -277,8 +315,8 @@ impl RecordBuilder {
 
     /// Opens the record this device created on this storage.
     pub async fn open(self) -> Result<Record, Error> {
-        let (store, base) = self.base(None).await?;
-        let record = Record::assemble(self, store, base);
+        let (store, base, prepared) = self.base(None).await?;
+        let record = Record::assemble(self, store, base, prepared);
         record.load_genesis().await?.ok_or(Error::NoRecord)?;
         Ok(record)
     }
@@ -287,8 +325,8 @@ impl RecordBuilder {
     /// or another device's copy. It can read what replication brings, and
     /// write once the owner grants its [`Record::writer_key`].
     pub async fn join(self, record_key: [u8; 32]) -> Result<Record, Error> {
-        let (store, base) = self.base(Some(record_key)).await?;
-        let record = Record::assemble(self, store, base);
+        let (store, base, prepared) = self.base(Some(record_key)).await?;
+        let record = Record::assemble(self, store, base, prepared);
         record.load_genesis().await?;
         Ok(record)
     }
@@ -304,6 +342,9 @@ fn base_err(e: autobase_rs::Error) -> Error {
     }
 }
 
+/// The slot [`Record::submit_parsed`] fills and [`RecordApply`] reads.
+type PreparedSlot = Arc<std::sync::Mutex<Option<Prepared>>>;
+
 pub(crate) struct Inner {
     pub(crate) store: Corestore,
     /// Network identities the firewall lets in (see `sync`).
@@ -315,6 +356,8 @@ pub(crate) struct Inner {
     pub(crate) entropy: Arc<dyn Entropy>,
     write: AsyncMutex<()>,
     genesis: std::sync::Mutex<Option<GenesisRec>>,
+    /// Shared with this record's [`RecordApply`].
+    prepared: PreparedSlot,
 }
 
 /// A patient's health record.
@@ -542,7 +585,12 @@ impl Record {
         }
     }
 
-    fn assemble(b: RecordBuilder, store: Corestore, base: Autobase) -> Record {
+    fn assemble(
+        b: RecordBuilder,
+        store: Corestore,
+        base: Autobase,
+        prepared: PreparedSlot,
+    ) -> Record {
         Record {
             inner: Arc::new(Inner {
                 store,
@@ -553,6 +601,7 @@ impl Record {
                 entropy: b.entropy,
                 write: AsyncMutex::new(()),
                 genesis: std::sync::Mutex::new(None),
+                prepared,
             }),
         }
     }
@@ -621,6 +670,13 @@ impl Record {
         Ok(view::hex(&b))
     }
 
+    fn prepared(&self) -> std::sync::MutexGuard<'_, Option<Prepared>> {
+        self.inner
+            .prepared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub(crate) async fn snapshot(&self) -> Result<Snapshot, Error> {
         self.inner.base.view(VIEW_NAME).await.map_err(base_err)
     }
@@ -655,6 +711,16 @@ impl Record {
 
     /// Applies `body` as this device's next op: refused ops append nothing.
     pub(crate) async fn submit(&self, body: OpBody) -> Result<(), Error> {
+        self.submit_parsed(body, Vec::new()).await
+    }
+
+    /// [`Record::submit`] with the op's resources already parsed (`infos[i]`
+    /// for the i-th resource, from `Resource::parse` of exactly its bytes).
+    async fn submit_parsed(
+        &self,
+        body: OpBody,
+        infos: Vec<Option<ResourceInfo>>,
+    ) -> Result<(), Error> {
         let op = Op::new(self.inner.clock.now_ms(), body);
         let bytes = op.encode();
         if bytes.len() > hypercore_rs::MAX_BLOCK_SIZE - 1024 {
@@ -687,11 +753,23 @@ impl Record {
                 index: 0,
                 value: &bytes,
             };
-            if let Outcome::Rejected(r) = apply_node(&mut dry, &mut DryMembership, node).await? {
+            let parsed = infos.clone();
+            if let Outcome::Rejected(r) =
+                apply_node_parsed(&mut dry, &mut DryMembership, node, parsed).await?
+            {
                 return Err(r.into());
             }
         }
-        self.inner.base.append(bytes).await.map_err(base_err)?;
+        if !infos.is_empty() {
+            *self.prepared() = Some(Prepared {
+                op: bytes.clone(),
+                infos,
+            });
+        }
+        let appended = self.inner.base.append(bytes).await.map_err(base_err);
+        // Applied by now, or it never will be with these infos.
+        *self.prepared() = None;
+        appended?;
         self.inner.base.flush().await.map_err(base_err)?;
         if matches!(
             op.body,
@@ -819,11 +897,9 @@ impl Record {
             Some(g) => resource.check_patient(&g.patient)?,
             None => return Err(crate::apply::Rejection::NoGenesis.into()),
         }
-        self.submit(OpBody::Put {
-            resource: resource.into_bytes(),
-            expect,
-        })
-        .await?;
+        let (resource, info) = resource.into_parts();
+        self.submit_parsed(OpBody::Put { resource, expect }, vec![Some(info)])
+            .await?;
         self.written(target).await
     }
 
@@ -1157,6 +1233,7 @@ impl Record {
         }
         let mut written = Vec::new();
         let mut deleted = Vec::new();
+        let mut infos = Vec::with_capacity(plan.len());
         let entries = plan
             .into_iter()
             .map(|p| match p {
@@ -1165,17 +1242,19 @@ impl Record {
                         resource_type: r.resource_type().to_owned(),
                         id: r.id().unwrap_or_default().to_owned(),
                     });
-                    ImportOp::Put {
-                        resource: r.into_bytes(),
-                    }
+                    let (resource, info) = r.into_parts();
+                    infos.push(Some(info));
+                    ImportOp::Put { resource }
                 }
                 PlannedEntry::Delete(target) => {
                     deleted.push(target.clone());
+                    infos.push(None);
                     ImportOp::Delete { target }
                 }
             })
             .collect();
-        self.submit(OpBody::Import { entries }).await?;
+        self.submit_parsed(OpBody::Import { entries }, infos)
+            .await?;
         Ok(Imported {
             bundle_type,
             written,

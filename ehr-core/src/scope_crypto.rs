@@ -350,8 +350,9 @@ struct ShellProbe<'a> {
 #[derive(Deserialize)]
 struct ExtProbe<'a> {
     url: &'a str,
-    #[serde(rename = "valueString")]
-    value: Option<String>,
+    /// Borrowed from the shell unless it has escapes (base64 has none).
+    #[serde(rename = "valueString", borrow)]
+    value: Option<std::borrow::Cow<'a, str>>,
 }
 
 fn parse_sealed(stored: &[u8]) -> Result<(String, String, SealedInfo, Vec<u8>), SealError> {

@@ -220,17 +220,21 @@ pub(crate) fn index_keys(ty: &str, id: &str, author: &WriterKey, f: &Fields) -> 
 
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    // A table, not `write!` per byte: this runs for every index key.
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    s
 }
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    postcard::to_allocvec(v).unwrap_or_default()
+    // Sized first: records carry resource bodies, and growing the vector
+    // by doubling would copy them several times.
+    let size = postcard::experimental::serialized_size(v).unwrap_or(0);
+    postcard::to_extend(v, Vec::with_capacity(size)).unwrap_or_default()
 }
 
 pub(crate) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Option<T> {

@@ -363,6 +363,9 @@ struct PeriodProbe {
 }
 
 fn text_field(raw: &RawValue, field: &'static str) -> Result<String, FhirError> {
+    if let Some(s) = plain_string(raw.get()) {
+        return Ok(s.to_owned());
+    }
     serde_json::from_str::<String>(raw.get()).map_err(|_| FhirError::InvalidField {
         field,
         reason: "expected a string".into(),
@@ -395,6 +398,24 @@ fn push_codings(list: Option<Vec<CodingProbe>>, out: &mut Vec<Coding>) {
 fn codings(raw: &RawValue) -> Vec<Coding> {
     let mut out = Vec::new();
     let text = raw.get();
+    // The first byte tells the shape, so the usual shapes are read without
+    // failed attempts first (a serde_json error allocates and formats).
+    match text.as_bytes().first() {
+        Some(b'{') => {
+            if let Ok(c) = serde_json::from_str::<ConceptProbe>(text) {
+                push_codings(c.coding, &mut out);
+            }
+            return out;
+        }
+        Some(b'"') => {
+            if let Ok(code) = serde_json::from_str::<String>(text) {
+                out.push(Coding::new(None, &code));
+            }
+            return out;
+        }
+        Some(b'[') => {}
+        _ => return out,
+    }
     if let Ok(c) = serde_json::from_str::<ConceptProbe>(text) {
         push_codings(c.coding, &mut out);
     } else if let Ok(list) = serde_json::from_str::<Vec<ConceptProbe>>(text) {
@@ -413,7 +434,9 @@ fn codings(raw: &RawValue) -> Vec<Coding> {
 
 fn date_of(raw: &RawValue, field: &'static str) -> Result<Option<i64>, FhirError> {
     let text = raw.get();
-    let value = if let Ok(s) = serde_json::from_str::<String>(text) {
+    let value = if let Some(s) = plain_string(text) {
+        Some(s.to_owned())
+    } else if let Ok(s) = serde_json::from_str::<String>(text) {
         Some(s)
     } else if let Ok(p) = serde_json::from_str::<PeriodProbe>(text) {
         p.start.or(p.end)
@@ -429,6 +452,13 @@ fn date_of(raw: &RawValue, field: &'static str) -> Result<Option<i64>, FhirError
             .map(Some)
             .ok_or(FhirError::InvalidDate { field, value: v }),
     }
+}
+
+/// A JSON string literal without escapes, read without serde (the text is
+/// a value serde_json already checked).
+fn plain_string(text: &str) -> Option<&str> {
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    (!inner.contains(['\\', '"'])).then_some(inner)
 }
 
 /// Checks size and depth, then that the text is one JSON value.
@@ -453,6 +483,17 @@ impl Resource {
         check_limits(&bytes, MAX_RESOURCE_BYTES)?;
         let info = probe(&bytes)?;
         Ok(Resource { bytes, info })
+    }
+
+    /// A resource from bytes and the info [`Resource::parse`] gave for
+    /// exactly those bytes (no check: only for infos kept from a parse).
+    pub(crate) fn from_parsed(bytes: Vec<u8>, info: ResourceInfo) -> Resource {
+        Resource { bytes, info }
+    }
+
+    /// The bytes and the info, by value.
+    pub(crate) fn into_parts(self) -> (Vec<u8>, ResourceInfo) {
+        (self.bytes, self.info)
     }
 
     /// The original JSON bytes.
