@@ -1187,9 +1187,23 @@ async fn sync(data: &Path, a: crate::SyncArgs, sp: &LocalSpawner) -> Result<(), 
     let start = Instant::now();
     let mut last = net::state(&r).await?;
     let mut reported = last.0;
+    // A progress bar for people watching while blocks are missing; logs
+    // and scripts get only the "synced" lines.
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut drawn = false;
     loop {
         async_io::Timer::after(Duration::from_millis(100)).await;
         r.update().await?;
+        if tty {
+            let (held, known) = net::held_blocks(&r).await?;
+            if held < known {
+                eprint!("\r{}", net::bar(held, known));
+                drawn = true;
+            } else if drawn {
+                eprintln!("\r{}", net::bar(held, known));
+                drawn = false;
+            }
+        }
         let now = net::state(&r).await?;
         if now != last {
             let blocks: u64 = now.1.iter().map(|(_, l)| l).sum();

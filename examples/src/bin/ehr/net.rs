@@ -174,6 +174,38 @@ pub(crate) async fn state(record: &Record) -> Result<(u64, Vec<([u8; 32], u64)>)
     Ok((record.view_version().await?, record.base().heads().await))
 }
 
+/// How many blocks of the record's writer logs this peer holds
+/// contiguously, and how many it knows of (for the sync progress bar).
+pub(crate) async fn held_blocks(record: &Record) -> Result<(u64, u64), CliError> {
+    let store = record.base().store().clone();
+    let (mut held, mut known) = (0, 0);
+    for (key, _) in record.base().heads().await {
+        let core = store
+            .get_by_key(key)
+            .await
+            .map_err(|e| CliError::Other(e.to_string()))?;
+        held += core.contiguous_length();
+        known += core.length();
+    }
+    Ok((held, known))
+}
+
+/// A one-line progress bar: `[#####-----] held/known blocks`.
+pub(crate) fn bar(held: u64, known: u64) -> String {
+    const WIDTH: u64 = 30;
+    // Nothing known yet counts as full; u128 so no count can overflow.
+    let filled = (u128::from(held.min(known)) * u128::from(WIDTH))
+        .checked_div(u128::from(known))
+        .map_or(WIDTH, |f| u64::try_from(f).unwrap_or(WIDTH));
+    let mut s = String::with_capacity(WIDTH as usize + 32);
+    s.push('[');
+    for i in 0..WIDTH {
+        s.push(if i < filled { '#' } else { '-' });
+    }
+    s.push_str(&format!("] {held}/{known} blocks"));
+    s
+}
+
 /// Whether this peer is caught up with the peers it replicates with:
 /// every writer's log is held in full here, and every connected peer that
 /// has told its length of that log reports the same length and holds all
@@ -294,4 +326,26 @@ pub(crate) async fn join_lan(
         })
         .map_err(|e| lan(&e))?;
     Ok(handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bar;
+
+    #[test]
+    fn the_progress_bar_fills_in_proportion_and_never_overflows() {
+        assert_eq!(bar(0, 10), format!("[{}] 0/10 blocks", "-".repeat(30)));
+        assert_eq!(bar(10, 10), format!("[{}] 10/10 blocks", "#".repeat(30)));
+        assert_eq!(
+            bar(5, 10),
+            format!("[{}{}] 5/10 blocks", "#".repeat(15), "-".repeat(15))
+        );
+        // Nothing known yet counts as done; more held than known is capped.
+        assert!(bar(0, 0).starts_with(&format!("[{}]", "#".repeat(30))));
+        assert!(bar(12, 10).starts_with(&format!("[{}]", "#".repeat(30))));
+        for (h, k) in [(1, 3), (2, 7), (999, 1000), (u64::MAX - 1, u64::MAX)] {
+            let b = bar(h, k);
+            assert_eq!(b.chars().filter(|c| *c == '#' || *c == '-').count(), 30);
+        }
+    }
 }
