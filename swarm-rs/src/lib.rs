@@ -45,6 +45,8 @@ pub mod discovery;
 pub mod driver;
 pub mod entropy;
 pub mod identity;
+#[cfg(feature = "iroh")]
+pub mod iroh_transport;
 #[cfg(feature = "mdns")]
 pub mod mdns;
 pub mod mux;
