@@ -34,9 +34,8 @@ use crate::error::Error;
 use crate::invite::{Invite, InviteError, Redemption};
 use crate::op::WriterKey;
 use crate::secure::SecureRecord;
-use crate::sync::SyncHandle;
+use crate::sync::{drive, run_sessions, SyncHandle};
 use futures::channel::oneshot;
-use futures::stream::FuturesUnordered;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use std::future::Future;
 use std::pin::Pin;
@@ -320,48 +319,34 @@ impl SecureRecord {
         let pending = Arc::new(AtomicUsize::new(0));
         let work = async move {
             let serve = async {
-                let mut connections = connections.fuse();
-                let mut sessions = FuturesUnordered::new();
-                loop {
-                    futures::select! {
-                        c = connections.next() => match c {
-                            Some(conn) => {
-                                let remote = conn.remote_public_key().to_bytes();
-                                let member = self.record().allows_peer(&remote);
-                                if !member && pending.load(Ordering::SeqCst) >= MAX_PENDING_REDEMPTIONS {
-                                    continue;
-                                }
-                                let me = self.clone();
-                                let pending = pending.clone();
-                                sessions.push(async move {
-                                    let hh = conn.handshake_hash();
-                                    let initiator = conn.is_initiator();
-                                    let mut conn = conn;
-                                    if !member {
-                                        pending.fetch_add(1, Ordering::SeqCst);
-                                    }
-                                    let admitted = me.admit(&mut conn, remote, hh.as_bytes()).await;
-                                    if !member {
-                                        pending.fetch_sub(1, Ordering::SeqCst);
-                                    }
-                                    if matches!(&admitted, Ok(a) if a.replicates()) {
-                                        let _ = me.record().replicate(conn, initiator).await;
-                                    }
-                                });
-                            }
-                            None => break,
-                        },
-                        _ = sessions.select_next_some() => {},
+                run_sessions(connections, |conn| {
+                    let remote = conn.remote_public_key().to_bytes();
+                    let member = self.record().allows_peer(&remote);
+                    if !member && pending.load(Ordering::SeqCst) >= MAX_PENDING_REDEMPTIONS {
+                        return None;
                     }
-                }
-                while sessions.next().await.is_some() {}
+                    let me = self.clone();
+                    let pending = pending.clone();
+                    Some(async move {
+                        let hh = conn.handshake_hash();
+                        let initiator = conn.is_initiator();
+                        let mut conn = conn;
+                        if !member {
+                            pending.fetch_add(1, Ordering::SeqCst);
+                        }
+                        let admitted = me.admit(&mut conn, remote, hh.as_bytes()).await;
+                        if !member {
+                            pending.fetch_sub(1, Ordering::SeqCst);
+                        }
+                        if matches!(&admitted, Ok(a) if a.replicates()) {
+                            let _ = me.record().replicate(conn, initiator).await;
+                        }
+                    })
+                })
+                .await;
                 Ok(())
             };
-            futures::pin_mut!(serve);
-            match futures::future::select(driver, serve).await {
-                futures::future::Either::Left(((), _)) => Ok(()),
-                futures::future::Either::Right((r, _)) => r,
-            }
+            drive(driver, serve).await
         };
         Ok((SyncHandle { swarm, topic }, work))
     }
@@ -426,61 +411,44 @@ impl SecureRecord {
         let invite = invite.clone();
         let work = async move {
             let serve = async {
-                let mut connections = connections.fuse();
-                let mut sessions = FuturesUnordered::new();
-                loop {
-                    futures::select! {
-                        c = connections.next() => match c {
-                            Some(conn) => {
-                                let remote = conn.remote_public_key().to_bytes();
-                                let member = self.record().allows_peer(&remote);
-                                // One redemption at a time; strangers after
-                                // the decision are not let in.
-                                if !member
-                                    && (decided.load(Ordering::SeqCst)
-                                        || busy.swap(true, Ordering::SeqCst))
-                                {
-                                    continue;
-                                }
-                                let (me, invite) = (self.clone(), invite.clone());
-                                let (decided, busy, tx) = (decided.clone(), busy.clone(), tx.clone());
-                                sessions.push(async move {
-                                    let hh = conn.handshake_hash();
-                                    let initiator = conn.is_initiator();
-                                    let mut conn = conn;
-                                    if !member {
-                                        let r = me.redeem(&invite, &mut conn, remote, hh.as_bytes()).await;
-                                        let retry = matches!(
-                                            r,
-                                            Err(InviteError::NoAnswer | InviteError::BadReply)
-                                        );
-                                        if !retry {
-                                            decided.store(true, Ordering::SeqCst);
-                                            if let Some(tx) = tx.lock().ok().and_then(|mut t| t.take()) {
-                                                let _ = tx.send(r);
-                                            }
-                                        }
-                                        busy.store(false, Ordering::SeqCst);
-                                        if r.is_err() {
-                                            return;
-                                        }
-                                    }
-                                    let _ = me.record().replicate(conn, initiator).await;
-                                });
-                            }
-                            None => break,
-                        },
-                        _ = sessions.select_next_some() => {},
+                run_sessions(connections, |conn| {
+                    let remote = conn.remote_public_key().to_bytes();
+                    let member = self.record().allows_peer(&remote);
+                    // One redemption at a time; strangers after the
+                    // decision are not let in.
+                    if !member
+                        && (decided.load(Ordering::SeqCst) || busy.swap(true, Ordering::SeqCst))
+                    {
+                        return None;
                     }
-                }
-                while sessions.next().await.is_some() {}
+                    let (me, invite) = (self.clone(), invite.clone());
+                    let (decided, busy, tx) = (decided.clone(), busy.clone(), tx.clone());
+                    Some(async move {
+                        let hh = conn.handshake_hash();
+                        let initiator = conn.is_initiator();
+                        let mut conn = conn;
+                        if !member {
+                            let r = me.redeem(&invite, &mut conn, remote, hh.as_bytes()).await;
+                            let retry =
+                                matches!(r, Err(InviteError::NoAnswer | InviteError::BadReply));
+                            if !retry {
+                                decided.store(true, Ordering::SeqCst);
+                                if let Some(tx) = tx.lock().ok().and_then(|mut t| t.take()) {
+                                    let _ = tx.send(r);
+                                }
+                            }
+                            busy.store(false, Ordering::SeqCst);
+                            if r.is_err() {
+                                return;
+                            }
+                        }
+                        let _ = me.record().replicate(conn, initiator).await;
+                    })
+                })
+                .await;
                 Ok(())
             };
-            futures::pin_mut!(serve);
-            match futures::future::select(driver, serve).await {
-                futures::future::Either::Left(((), _)) => Ok(()),
-                futures::future::Either::Right((r, _)) => r,
-            }
+            drive(driver, serve).await
         };
         Ok((SyncHandle { swarm, topic }, work, Redeemed(rx)))
     }

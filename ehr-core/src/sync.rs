@@ -173,14 +173,7 @@ impl Record {
             .join(&topic, JoinMode::BOTH)
             .map_err(|e| Error::Storage(format!("swarm stopped: {e}")))?;
         let record = self.clone();
-        let work = async move {
-            let serve = record.serve(connections);
-            futures::pin_mut!(serve);
-            match futures::future::select(driver, serve).await {
-                futures::future::Either::Left(((), _)) => Ok(()),
-                futures::future::Either::Right((r, _)) => r,
-            }
-        };
+        let work = async move { drive(driver, record.serve(connections)).await };
         Ok((SyncHandle { swarm, topic }, work))
     }
 
@@ -196,25 +189,59 @@ impl Record {
             + 'static,
     {
         self.refresh_firewall().await?;
-        let mut connections = connections.fuse();
-        let mut sessions = FuturesUnordered::new();
-        loop {
-            futures::select! {
-                c = connections.next() => match c {
-                    Some(conn) => {
-                        if !self.allows_peer(&conn.remote_public_key().to_bytes()) {
-                            continue;
-                        }
-                        let initiator = conn.is_initiator();
-                        let rec = self.clone();
-                        sessions.push(async move { rec.replicate(conn, initiator).await });
-                    }
-                    None => break,
-                },
-                _ = sessions.select_next_some() => {},
+        run_sessions(connections, |conn| {
+            if !self.allows_peer(&conn.remote_public_key().to_bytes()) {
+                return None;
             }
-        }
-        while sessions.next().await.is_some() {}
+            let initiator = conn.is_initiator();
+            let rec = self.clone();
+            Some(async move {
+                let _ = rec.replicate(conn, initiator).await;
+            })
+        })
+        .await;
         Ok(())
+    }
+}
+
+/// Runs one session for each connection `start` accepts (it returns
+/// `None` to drop one), all at once, until `connections` ends and every
+/// session has finished. A failed session ends alone.
+pub(crate) async fn run_sessions<C, F, Fut>(connections: C, mut start: F)
+where
+    C: Stream + Unpin,
+    F: FnMut(C::Item) -> Option<Fut>,
+    Fut: Future<Output = ()>,
+{
+    let mut connections = connections.fuse();
+    let mut sessions = FuturesUnordered::new();
+    loop {
+        futures::select! {
+            c = connections.next() => match c {
+                Some(conn) => {
+                    if let Some(session) = start(conn) {
+                        sessions.push(session);
+                    }
+                }
+                None => break,
+            },
+            _ = sessions.select_next_some() => {},
+        }
+    }
+    while sessions.next().await.is_some() {}
+}
+
+/// Runs a swarm's `driver` beside `serve`; ends when either does (a
+/// stopped swarm is a normal end).
+pub(crate) async fn drive<D, S>(driver: D, serve: S) -> Result<(), Error>
+where
+    D: Future<Output = ()>,
+    S: Future<Output = Result<(), Error>>,
+{
+    futures::pin_mut!(driver);
+    futures::pin_mut!(serve);
+    match futures::future::select(driver, serve).await {
+        futures::future::Either::Left(((), _)) => Ok(()),
+        futures::future::Either::Right((r, _)) => r,
     }
 }
