@@ -5,63 +5,12 @@
 //! (too few or forged shares refused, the opening audited for the patient).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::*;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-const EHR: &str = env!("CARGO_BIN_EXE_ehr");
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn ehr_env(data: &Path, args: &[&str], pass: Option<&str>) -> Output {
-    let mut c = Command::new(EHR);
-    c.arg("--data")
-        .arg(data)
-        .args(args)
-        .env_remove("XDG_DATA_HOME")
-        .env_remove("EHR_PASSPHRASE");
-    if let Some(p) = pass {
-        c.env("EHR_PASSPHRASE", p);
-    }
-    c.output().expect("run ehr")
-}
-
-fn ok_env(data: &Path, args: &[&str], pass: Option<&str>) -> String {
-    let o = ehr_env(data, args, pass);
-    assert!(
-        o.status.success(),
-        "ehr {args:?} failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
-
-fn ok(data: &Path, args: &[&str]) -> String {
-    ok_env(data, args, None)
-}
-
-fn fails_env(data: &Path, args: &[&str], pass: Option<&str>) -> String {
-    let o = ehr_env(data, args, pass);
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(!o.status.success(), "ehr {args:?} should fail");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line, got {err:?}");
-    assert!(err.starts_with("error: "), "{err}");
-    err
-}
-
-fn json(data: &Path, args: &[&str]) -> serde_json::Value {
-    serde_json::from_str(&ok(data, args)).unwrap()
-}
 
 /// Every file under `dir` with its bytes.
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
@@ -78,27 +27,6 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
         }
     }
     out
-}
-
-fn listen(data: &Path) -> (Killed, String) {
-    let mut child = Command::new(EHR)
-        .arg("--data")
-        .arg(data)
-        .args(["sync", "--listen", "127.0.0.1:0"])
-        .env_remove("EHR_PASSPHRASE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(out).read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected {line:?}"))
-        .to_owned();
-    (Killed(child), addr)
 }
 
 const ALLERGY: &str = r#"{"resourceType":"AllergyIntolerance","id":"peanut","patient":{"reference":"Patient/alice"},"code":{"text":"Peanut allergy"}}"#;

@@ -5,77 +5,10 @@
 //! non-zero exit, grant nothing and leave the provider's folder unjoined.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
+mod common;
+use common::*;
+
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-
-const EHR: &str = env!("CARGO_BIN_EXE_ehr");
-const BUNDLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/demo-bundle.json");
-
-/// Kills the child process when dropped, even if the test panics.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn ehr(data: &Path, args: &[&str]) -> Output {
-    Command::new(EHR)
-        .arg("--data")
-        .arg(data)
-        .args(args)
-        .env_remove("XDG_DATA_HOME")
-        .output()
-        .expect("run ehr")
-}
-
-fn ok(data: &Path, args: &[&str]) -> String {
-    let o = ehr(data, args);
-    assert!(
-        o.status.success(),
-        "ehr {args:?} failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
-
-/// Expects failure with exactly one line on stderr; returns it.
-fn fails(data: &Path, args: &[&str]) -> String {
-    let o = ehr(data, args);
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(!o.status.success(), "ehr {args:?} should fail");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line, got {err:?}");
-    assert!(err.starts_with("error: "), "{err}");
-    err
-}
-
-fn json(data: &Path, args: &[&str]) -> serde_json::Value {
-    serde_json::from_str(&ok(data, args)).unwrap()
-}
-
-fn listen(data: &Path) -> (Killed, String) {
-    let mut child = Command::new(EHR)
-        .arg("--data")
-        .arg(data)
-        .args(["sync", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(out).read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected {line:?}"))
-        .to_owned();
-    (Killed(child), addr)
-}
 
 fn invite(p: &Path, args: &[&str]) -> (String, String) {
     let mut a = vec!["invite", "create", "--json"];
