@@ -8,6 +8,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::YieldNow;
+
 use ehr_core::apply::Rejection;
 use ehr_core::{Grant, Invite, InviteError, ManualClock, Record, Role, SecureRecord};
 use futures::executor::LocalPool;
@@ -15,24 +18,8 @@ use futures::task::LocalSpawnExt;
 use hypercore_rs::MemoryStorage;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use swarm_rs::{MemoryAddr, MemoryDiscovery, MemoryNetwork, TcpTransport};
-
-struct YieldNow(bool);
-
-impl Future for YieldNow {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            return Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
 
 /// Updates `peers` and yields until `done` holds (or fails with `what`).
 async fn pump_until<F, Fut>(peers: &[&Record], mut done: F, what: &str)

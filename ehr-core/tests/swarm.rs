@@ -5,48 +5,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::{pump_until, YieldNow};
+
 use ehr_core::{Grant, Record, Role};
 use futures::executor::LocalPool;
 use futures::task::LocalSpawnExt;
 use hypercore_rs::MemoryStorage;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use swarm_rs::{JoinMode, KeyPair, MemoryAddr, MemoryDiscovery, MemoryNetwork, SwarmBuilder};
-
-struct YieldNow(bool);
-
-impl Future for YieldNow {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            return Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
-
-/// Updates `peers` and yields until `done` holds; fails the test with
-/// `what` if it never does.
-async fn pump_until<F, Fut>(peers: &[&Record], mut done: F, what: &str)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    for _ in 0..100_000 {
-        if done().await {
-            return;
-        }
-        for r in peers {
-            r.update().await.unwrap();
-        }
-        YieldNow(false).await;
-    }
-    panic!("{what}");
-}
 
 const OBS: &[u8] = br#"{"resourceType":"Observation","id":"o1","status":"final","subject":{"reference":"Patient/p"},"valueQuantity":{"value":1.50}}"#;
 
