@@ -1,26 +1,19 @@
 //! Criterion benchmarks of ehr-core: importing a 500-entry transaction
 //! Bundle, and the first page of a code + date-range search on a
-//! 100,000-resource record.
+//! 100,000-resource record, and a new provider's first full sync of a
+//! 10,000-resource record over TCP loopback + Noise (peak memory of that
+//! sync: `ehr-figures -- sync`).
 
 // A benchmark aborts on a setup failure: that is the right outcome here.
 #![allow(clippy::expect_used, missing_docs)]
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use ehr_benches::ehr::transaction;
+use ehr_benches::ehr::{filled_record, first_sync, record, transaction};
 use ehr_core::fhir::parse_fhir_date;
-use ehr_core::{Query, Record};
+use ehr_core::Query;
 use futures::executor::block_on;
-use hypercore_rs::{DiskStorage, MemoryStorage, SeededEntropy, Storage};
+use hypercore_rs::{DiskStorage, MemoryStorage};
 use std::sync::Arc;
-
-fn record(storage: Arc<dyn Storage>) -> Record {
-    block_on(
-        Record::builder(storage)
-            .entropy(Arc::new(SeededEntropy::new(1)))
-            .create("p"),
-    )
-    .expect("record")
-}
 
 /// The workload: one 500-entry transaction Bundle (a new Patient
 /// and 499 Observations referencing it by `urn:uuid:`) into a fresh record.
@@ -86,5 +79,20 @@ fn search(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, import, search);
+/// A new provider joins a 10,000-resource record (fresh in-memory storage)
+/// and replicates it over TCP loopback + Noise until its view equals the
+/// patient's. The patient is filled once, outside the measurement.
+fn sync(c: &mut Criterion) {
+    let n = ehr_benches::env_usize("EHR_SYNC_RESOURCES", 10_000);
+    let patient = filled_record(n);
+    let mut g = c.benchmark_group("ehr/first_sync");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function(format!("tcp_loopback/{n}"), |b| {
+        b.iter_with_large_drop(|| first_sync(&patient))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, import, search, sync);
 criterion_main!(benches);

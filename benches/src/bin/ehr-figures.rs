@@ -8,12 +8,12 @@
 //! (EHR_IMPORT_ROUNDS, EHR_SEARCH_RESOURCES, EHR_SEARCH_QUERIES,
 //! EHR_SYNC_RESOURCES override the counts).
 
-use ehr_benches::ehr::transaction;
+use ehr_benches::ehr::{filled_record, first_sync, record, transaction};
 use ehr_benches::env_usize;
 use ehr_core::fhir::parse_fhir_date;
-use ehr_core::{Query, Record};
+use ehr_core::Query;
 use futures::executor::block_on;
-use hypercore_rs::{DiskStorage, MemoryStorage, SeededEntropy, Storage};
+use hypercore_rs::{DiskStorage, MemoryStorage, Storage};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,17 +29,6 @@ fn cpu_secs() -> f64 {
     ticks as f64 / 100.0
 }
 
-fn record(storage: Arc<dyn Storage>) -> Record {
-    match block_on(
-        Record::builder(storage)
-            .entropy(Arc::new(SeededEntropy::new(1)))
-            .create("p"),
-    ) {
-        Ok(r) => r,
-        Err(e) => panic!("record: {e}"),
-    }
-}
-
 /// Peak resident memory of this process, in MiB (Linux `/proc`).
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -48,23 +37,6 @@ fn peak_rss_mib() -> f64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
-}
-
-struct YieldNow(bool);
-
-impl std::future::Future for YieldNow {
-    type Output = ();
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        if self.0 {
-            return std::task::Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        std::task::Poll::Pending
-    }
 }
 
 fn main() {
@@ -83,47 +55,10 @@ fn main() {
 
 fn sync() {
     let n = env_usize("EHR_SYNC_RESOURCES", 10_000);
-    let patient = record(Arc::new(MemoryStorage::new()));
-    for salt in 0..n / 500 {
-        if let Err(e) = block_on(patient.import_bundle(&transaction(500, salt, false))) {
-            panic!("fill: {e}");
-        }
-    }
+    let patient = filled_record(n);
     let rss_before = peak_rss_mib();
-    let doctor = match block_on(Record::in_memory().join(patient.key())) {
-        Ok(r) => r,
-        Err(e) => panic!("join: {e}"),
-    };
     let (t, c) = (Instant::now(), cpu_secs());
-    block_on(async {
-        let (a, b) = match ehr_benches::tcp::secure_pair().await {
-            Ok(p) => p,
-            Err(e) => panic!("tcp: {e}"),
-        };
-        let sessions = futures::future::join(
-            patient.replicate(ehr_benches::tcp::frames(a), true),
-            doctor.replicate(ehr_benches::tcp::frames(b), false),
-        );
-        let want = match patient.base().view_tip_hash(ehr_core::VIEW_NAME).await {
-            Ok(h) => h,
-            Err(e) => panic!("hash: {e}"),
-        };
-        let synced = async {
-            loop {
-                if let Err(e) = doctor.update().await {
-                    panic!("update: {e}");
-                }
-                if doctor.base().view_tip_hash(ehr_core::VIEW_NAME).await.ok() == Some(want) {
-                    break;
-                }
-                YieldNow(false).await;
-            }
-        };
-        futures::pin_mut!(sessions, synced);
-        if let futures::future::Either::Right(_) = futures::future::select(synced, sessions).await {
-            panic!("replication ended before the doctor synced");
-        }
-    });
+    let doctor = first_sync(&patient);
     let secs = t.elapsed().as_secs_f64();
     let count = block_on(doctor.search(&Query::new("Observation").limit(1000)))
         .map(|p| p.entries.len())
