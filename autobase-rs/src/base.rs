@@ -271,6 +271,8 @@ struct Input {
     frozen: bool,
     /// The writer's signing key, from its core's manifest.
     vk: Option<VerifyingKey>,
+    /// Blocks below this seq were scanned ahead for evidence.
+    scanned: u64,
 }
 
 impl Input {
@@ -281,6 +283,7 @@ impl Input {
             wants: HashMap::new(),
             frozen: false,
             vk: None,
+            scanned: 0,
         }
     }
 }
@@ -294,8 +297,9 @@ struct State {
     tips: HashMap<WriterId, (u64, SignedNode)>,
     /// Verified proofs that a writer forked its input, by writer key.
     proofs: HashMap<[u8; 32], Equivocation>,
-    /// Writers this peer already wrote evidence against (this session).
-    evidence_written: HashSet<[u8; 32]>,
+    /// Writers this peer already wrote evidence against (this session),
+    /// with the fork position of the proof it wrote.
+    evidence_written: HashMap<[u8; 32], u64>,
     /// The indexers silenced in the current linearizer (proven forkers
     /// not cut yet) and the seq from which their input is not read.
     silenced: Vec<([u8; 32], u64)>,
@@ -588,7 +592,7 @@ impl AutobaseBuilder {
                 blocks: HashMap::new(),
                 tips,
                 proofs,
-                evidence_written: HashSet::new(),
+                evidence_written: HashMap::new(),
                 silenced: Vec::new(),
                 fork_blocked: false,
                 transitions,
@@ -1317,8 +1321,11 @@ impl Autobase {
                     progress = true;
                 }
             }
-            if !progress && self.silences(st) == st.silenced {
-                return Ok(());
+            if !progress {
+                self.scan_evidence(st).await?;
+                if self.silences(st) == st.silenced {
+                    return Ok(());
+                }
             }
         }
     }
@@ -1348,6 +1355,51 @@ impl Autobase {
             .collect();
         v.sort_unstable();
         v
+    }
+
+    /// Reads ahead, past the blocks that wait, every input block held here
+    /// (once) and takes in the proofs of evidence nodes: a peer replaying
+    /// a history learns the fork positions the writers of that history
+    /// proved before it reaches them, and so ignores the same nodes of a
+    /// forking indexer as they did.
+    async fn scan_evidence(&self, st: &mut State) -> Result<(), Error> {
+        let ids: Vec<WriterId> = st.inputs.keys().copied().collect();
+        for id in ids {
+            if id == st.local {
+                continue;
+            }
+            let Some((core, frozen, from)) = st
+                .inputs
+                .get(&id)
+                .map(|i| (i.core.clone(), i.frozen, i.scanned))
+            else {
+                continue;
+            };
+            let mut seq = from.max(st.lin.log_len(id));
+            if frozen || seq >= core.length() {
+                continue;
+            }
+            let Ok(Some(vk)) = Self::verifying_key(st, id) else {
+                continue;
+            };
+            while seq < core.length() {
+                let Some(bytes) = core.get(seq).await? else {
+                    break;
+                };
+                if let Some(signed) =
+                    Block::decode(&bytes, seq).filter(|s| verify_node(&vk, &s.hash, &s.sig))
+                {
+                    if let Body::Evidence(proof) = signed.block.body {
+                        self.found(st, *proof).await?;
+                    }
+                }
+                seq += 1;
+            }
+            if let Some(i) = st.inputs.get_mut(&id) {
+                i.scanned = seq;
+            }
+        }
+        Ok(())
     }
 
     fn silenced_from(st: &State, key: &[u8; 32]) -> Option<u64> {
@@ -1632,7 +1684,7 @@ impl Autobase {
             }
             st.was_writable = writable;
             if let Some(proof) = self.evidence_to_write(st) {
-                st.evidence_written.insert(proof.writer());
+                st.evidence_written.insert(proof.writer(), proof.seq);
                 match self.write_local(st, Body::Evidence(Box::new(proof))).await {
                     // This peer's own input is ignored by everyone: the
                     // proof still travels by gossip.
@@ -1660,7 +1712,8 @@ impl Autobase {
     }
 
     /// A proof this peer holds against a writer not cut yet, that this peer
-    /// (a writer) has not written into its input yet.
+    /// (a writer) has not written into its input yet (nor one with a fork
+    /// position as low).
     fn evidence_to_write(&self, st: &State) -> Option<Equivocation> {
         if !st.base_host.is_writer(&self.inner.local_key) {
             return None;
@@ -1668,8 +1721,8 @@ impl Autobase {
         let indexers = st.base_host.indexer_keys();
         st.proofs
             .iter()
-            .filter(|(w, _)| {
-                !st.evidence_written.contains(*w)
+            .filter(|(w, p)| {
+                st.evidence_written.get(*w).is_none_or(|s| p.seq < *s)
                     && st.base_host.cut(w).is_none()
                     && indexers.as_slice() != [**w]
             })

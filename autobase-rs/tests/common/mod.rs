@@ -126,6 +126,29 @@ where
         }
         tokio::task::yield_now().await;
     }
+    for (i, b) in bases.iter().enumerate() {
+        eprintln!(
+            "base {i}: indexed {} length {} heads {:?} view {:02x?} proofs {:?} cuts {:?}",
+            b.indexed_length().await,
+            b.length().await,
+            b.heads()
+                .await
+                .iter()
+                .map(|(k, l)| (k[0], *l))
+                .collect::<Vec<_>>(),
+            &b.view_hash("view").await.unwrap()[..4],
+            b.equivocations()
+                .await
+                .iter()
+                .map(|p| (p.writer()[0], p.seq))
+                .collect::<Vec<_>>(),
+            b.writers()
+                .await
+                .iter()
+                .filter_map(|w| Some((w.key[0], w.cut?.at)))
+                .collect::<Vec<_>>()
+        );
+    }
     panic!("bases did not settle");
 }
 
