@@ -271,6 +271,8 @@ struct Input {
     frozen: bool,
     /// The writer's signing key, from its core's manifest.
     vk: Option<VerifyingKey>,
+    /// Blocks below this seq were scanned ahead for evidence.
+    scanned: u64,
 }
 
 impl Input {
@@ -281,6 +283,7 @@ impl Input {
             wants: HashMap::new(),
             frozen: false,
             vk: None,
+            scanned: 0,
         }
     }
 }
@@ -294,8 +297,12 @@ struct State {
     tips: HashMap<WriterId, (u64, SignedNode)>,
     /// Verified proofs that a writer forked its input, by writer key.
     proofs: HashMap<[u8; 32], Equivocation>,
-    /// Writers this peer already wrote evidence against (this session).
-    evidence_written: HashSet<[u8; 32]>,
+    /// Writers this peer already wrote evidence against (this session),
+    /// with the fork position of the proof it wrote.
+    evidence_written: HashMap<[u8; 32], u64>,
+    /// The indexers silenced in the current linearizer (proven forkers
+    /// not cut yet) and the seq from which their input is not read.
+    silenced: Vec<([u8; 32], u64)>,
     /// Whether the last pull left a block waiting on another fork of a
     /// writer that is not cut yet.
     fork_blocked: bool,
@@ -344,6 +351,8 @@ struct Inner {
     view_names: Vec<String>,
     record_key: Vec<u8>,
     chain_key: Vec<u8>,
+    /// Store meta key of the equivocation proofs this peer holds.
+    proofs_key: Vec<u8>,
     clock: Option<Arc<dyn hypercore_rs::Clock>>,
     apply: Box<dyn Apply>,
     state: AsyncMutex<State>,
@@ -485,6 +494,24 @@ impl AutobaseBuilder {
             }
             None => Vec::new(),
         };
+        let proofs_key = format!("autobase-rs/{}/proofs", hex(&key)).into_bytes();
+        let mut proofs: HashMap<[u8; 32], Equivocation> = HashMap::new();
+        if let Some(bytes) = storage
+            .meta(&proofs_key)
+            .await
+            .map_err(hypercore_rs::Error::from)?
+        {
+            let list: Vec<Equivocation> =
+                postcard::from_bytes(&bytes).map_err(|_| Error::Corrupt("equivocation proofs"))?;
+            for p in list.into_iter().filter(|p| p.verify().is_ok()) {
+                match proofs.get(&p.writer()) {
+                    Some(have) if have.seq <= p.seq => {}
+                    _ => {
+                        proofs.insert(p.writer(), p);
+                    }
+                }
+            }
+        }
         let mut cores = Vec::with_capacity(self.views.len());
         for name in &self.views {
             cores.push(base_ns.get(&format!("view/{name}")).await?);
@@ -556,6 +583,7 @@ impl AutobaseBuilder {
             view_names: self.views.clone(),
             record_key,
             chain_key: chain_key.clone(),
+            proofs_key,
             clock: self.clock,
             apply: self.apply,
             state: AsyncMutex::new(State {
@@ -563,8 +591,9 @@ impl AutobaseBuilder {
                 inputs,
                 blocks: HashMap::new(),
                 tips,
-                proofs: HashMap::new(),
-                evidence_written: HashSet::new(),
+                proofs,
+                evidence_written: HashMap::new(),
+                silenced: Vec::new(),
                 fork_blocked: false,
                 transitions,
                 pending_transitions: Vec::new(),
@@ -1003,10 +1032,15 @@ impl Autobase {
             return Ok(false);
         }
         let mut st = self.inner.state.lock().await;
-        if st.proofs.contains_key(&proof.writer()) {
+        if st
+            .proofs
+            .get(&proof.writer())
+            .is_some_and(|p| p.seq <= proof.seq)
+        {
             return Ok(false);
         }
         self.found(&mut st, proof).await?;
+        self.pull(&mut st).await?;
         self.settle(&mut st).await?;
         Ok(true)
     }
@@ -1239,13 +1273,32 @@ impl Autobase {
     /// Records a proof that a writer forked its input and gossips it.
     async fn found(&self, st: &mut State, proof: Equivocation) -> Result<(), Error> {
         let writer = proof.writer();
-        if st.proofs.contains_key(&writer) || proof.verify().is_err() {
+        let lower = st.proofs.get(&writer).map(|p| proof.seq < p.seq);
+        if lower == Some(false) || proof.verify().is_err() {
             return Ok(());
         }
         let mut msg = vec![MSG_EQUIVOCATION];
         msg.extend_from_slice(&proof.encode());
         st.proofs.insert(writer, proof);
-        self.emit(Event::Equivocation { writer });
+        // Kept across restarts: a peer that forgot a proof would read the
+        // forker's nodes again and could decide apart from the others.
+        let mut list: Vec<&Equivocation> = st.proofs.values().collect();
+        list.sort_by_key(|p| p.writer());
+        let bytes = postcard::to_allocvec(&list).map_err(|_| Error::Corrupt("encode proofs"))?;
+        let mut b = StorageBatch::new();
+        b.push(Op::PutMeta {
+            key: self.inner.proofs_key.clone(),
+            value: bytes,
+        });
+        self.inner
+            .store
+            .storage()
+            .write(b)
+            .await
+            .map_err(hypercore_rs::Error::from)?;
+        if lower.is_none() {
+            self.emit(Event::Equivocation { writer });
+        }
         let core = self.inner.store.get_by_key(self.inner.key).await?;
         core.send_extension(CHECKPOINT_EXTENSION, msg);
         Ok(())
@@ -1256,6 +1309,11 @@ impl Autobase {
     async fn pull(&self, st: &mut State) -> Result<(), Error> {
         st.fork_blocked = false;
         loop {
+            if self.silences(st) != st.silenced {
+                // A new (or earlier) proof against an indexer: start the
+                // uncommitted part over without its nodes from the fork on.
+                self.restart_uncommitted(st);
+            }
             let mut progress = false;
             let ids: Vec<WriterId> = st.inputs.keys().copied().collect();
             for id in ids {
@@ -1264,9 +1322,88 @@ impl Autobase {
                 }
             }
             if !progress {
-                return Ok(());
+                self.scan_evidence(st).await?;
+                if self.silences(st) == st.silenced {
+                    return Ok(());
+                }
             }
         }
+    }
+
+    /// The indexers this peer holds a proof against that are not cut yet
+    /// (not the only indexer, and not this peer: a peer proven to fork
+    /// keeps its own view of its input), each with the seq from which its input
+    /// is ignored: the lowest proven fork position, or its committed
+    /// length if more of it was committed already.
+    fn silences(&self, st: &State) -> Vec<([u8; 32], u64)> {
+        let indexers = st.base_host.indexer_keys();
+        if indexers.len() < 2 {
+            return Vec::new();
+        }
+        let mut v: Vec<([u8; 32], u64)> = st
+            .proofs
+            .iter()
+            .filter(|(w, _)| {
+                indexers.contains(*w)
+                    && st.base_host.cut(w).is_none()
+                    && **w != self.inner.local_key
+            })
+            .map(|(w, p)| {
+                let committed = st.lin.writer_id(w).map_or(0, |id| st.lin.committed_len(id));
+                (*w, p.seq.max(committed))
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Reads ahead, past the blocks that wait, every input block held here
+    /// (once) and takes in the proofs of evidence nodes: a peer replaying
+    /// a history learns the fork positions the writers of that history
+    /// proved before it reaches them, and so ignores the same nodes of a
+    /// forking indexer as they did.
+    async fn scan_evidence(&self, st: &mut State) -> Result<(), Error> {
+        let ids: Vec<WriterId> = st.inputs.keys().copied().collect();
+        for id in ids {
+            if id == st.local {
+                continue;
+            }
+            let Some((core, frozen, from)) = st
+                .inputs
+                .get(&id)
+                .map(|i| (i.core.clone(), i.frozen, i.scanned))
+            else {
+                continue;
+            };
+            let mut seq = from.max(st.lin.log_len(id));
+            if frozen || seq >= core.length() {
+                continue;
+            }
+            let Ok(Some(vk)) = Self::verifying_key(st, id) else {
+                continue;
+            };
+            while seq < core.length() {
+                let Some(bytes) = core.get(seq).await? else {
+                    break;
+                };
+                if let Some(signed) =
+                    Block::decode(&bytes, seq).filter(|s| verify_node(&vk, &s.hash, &s.sig))
+                {
+                    if let Body::Evidence(proof) = signed.block.body {
+                        self.found(st, *proof).await?;
+                    }
+                }
+                seq += 1;
+            }
+            if let Some(i) = st.inputs.get_mut(&id) {
+                i.scanned = seq;
+            }
+        }
+        Ok(())
+    }
+
+    fn silenced_from(st: &State, key: &[u8; 32]) -> Option<u64> {
+        st.silenced.iter().find(|(k, _)| k == key).map(|(_, s)| *s)
     }
 
     fn freeze(st: &mut State, id: WriterId) {
@@ -1285,7 +1422,11 @@ impl Autobase {
         };
         let key = st.lin.key(id).unwrap_or([0; 32]);
         let seq = st.lin.log_len(id);
-        if frozen || seq >= core.length() || st.base_host.cut(&key).is_some_and(|c| seq >= c.at) {
+        if frozen
+            || seq >= core.length()
+            || st.base_host.cut(&key).is_some_and(|c| seq >= c.at)
+            || Self::silenced_from(st, &key).is_some_and(|s| seq >= s)
+        {
             return Ok(false);
         }
         let Some(bytes) = core.get(seq).await? else {
@@ -1341,6 +1482,22 @@ impl Autobase {
                 hash: h.hash,
                 signature: h.sig,
             };
+            if let Some(p) = Self::silenced_from(st, &h.key)
+                .filter(|s| node.seq >= *s)
+                .and_then(|_| st.proofs.get(&h.key))
+            {
+                // A silenced indexer's node from its fork on: dropped from
+                // this node's parents on every peer that holds the proof,
+                // whichever fork it names (the signature is still checked).
+                let ok = VerifyingKey::from_bytes(&p.public_key)
+                    .is_ok_and(|wk| verify_node(&wk, &named.hash, &named.signature));
+                if !ok {
+                    Self::freeze(st, id);
+                    return Ok(false);
+                }
+                exact = false;
+                continue;
+            }
             // The named node as this peer holds it, and its height when it
             // is below the linearizer's window.
             let (ours, height) = match st.lin.presence(node) {
@@ -1491,7 +1648,7 @@ impl Autobase {
                         self.input(st, k).await?;
                     }
                 }
-                if cut {
+                if cut || self.silences(st) != st.silenced {
                     self.rebuild(st).await?;
                 }
                 // The next decision may already be made.
@@ -1527,7 +1684,7 @@ impl Autobase {
             }
             st.was_writable = writable;
             if let Some(proof) = self.evidence_to_write(st) {
-                st.evidence_written.insert(proof.writer());
+                st.evidence_written.insert(proof.writer(), proof.seq);
                 match self.write_local(st, Body::Evidence(Box::new(proof))).await {
                     // This peer's own input is ignored by everyone: the
                     // proof still travels by gossip.
@@ -1555,7 +1712,8 @@ impl Autobase {
     }
 
     /// A proof this peer holds against a writer not cut yet, that this peer
-    /// (a writer) has not written into its input yet.
+    /// (a writer) has not written into its input yet (nor one with a fork
+    /// position as low).
     fn evidence_to_write(&self, st: &State) -> Option<Equivocation> {
         if !st.base_host.is_writer(&self.inner.local_key) {
             return None;
@@ -1563,8 +1721,8 @@ impl Autobase {
         let indexers = st.base_host.indexer_keys();
         st.proofs
             .iter()
-            .filter(|(w, _)| {
-                !st.evidence_written.contains(*w)
+            .filter(|(w, p)| {
+                st.evidence_written.get(*w).is_none_or(|s| p.seq < *s)
                     && st.base_host.cut(w).is_none()
                     && indexers.as_slice() != [**w]
             })
@@ -1661,14 +1819,22 @@ impl Autobase {
     /// (nodes of the cut writer past its cut are not, and heads naming them
     /// are dropped), as every peer does at this same indexed point.
     async fn rebuild(&self, st: &mut State) -> Result<(), Error> {
+        self.restart_uncommitted(st);
+        self.pull(st).await
+    }
+
+    /// The first half of [`Autobase::rebuild`]: an empty uncommitted part
+    /// (the views are rolled back by the next `apply_order`, which finds
+    /// nothing applied) and the current silences.
+    fn restart_uncommitted(&self, st: &mut State) {
         st.lin = Linearizer::from_checkpoint(&st.lin.checkpoint(), st.lin.committed_count());
         st.blocks.clear();
         st.applied.clear();
         for i in st.inputs.values_mut() {
             i.frozen = false;
         }
+        st.silenced = self.silences(st);
         self.set_indexers(st);
-        self.pull(st).await
     }
 
     /// An indexer acks when some uncommitted node carries values and its own

@@ -104,13 +104,50 @@ where
     Fut: std::future::Future<Output = bool>,
 {
     for _ in 0..20_000 {
-        for b in bases {
-            b.update().await.unwrap();
+        for (i, b) in bases.iter().enumerate() {
+            if let Err(e) = b.update().await {
+                let w = b.writers().await;
+                panic!(
+                    "update of base {i} ({:02x}) failed: {e}; proofs {:?} cuts {:?}",
+                    b.local_writer_key()[0],
+                    b.equivocations()
+                        .await
+                        .iter()
+                        .map(|p| (p.writer()[0], p.seq))
+                        .collect::<Vec<_>>(),
+                    w.iter()
+                        .map(|w| (w.key[0], w.indexer, w.removed, w.cut.map(|c| c.at)))
+                        .collect::<Vec<_>>()
+                );
+            }
         }
         if done().await {
             return;
         }
         tokio::task::yield_now().await;
+    }
+    for (i, b) in bases.iter().enumerate() {
+        eprintln!(
+            "base {i}: indexed {} length {} heads {:?} view {:02x?} proofs {:?} cuts {:?}",
+            b.indexed_length().await,
+            b.length().await,
+            b.heads()
+                .await
+                .iter()
+                .map(|(k, l)| (k[0], *l))
+                .collect::<Vec<_>>(),
+            &b.view_hash("view").await.unwrap()[..4],
+            b.equivocations()
+                .await
+                .iter()
+                .map(|p| (p.writer()[0], p.seq))
+                .collect::<Vec<_>>(),
+            b.writers()
+                .await
+                .iter()
+                .filter_map(|w| Some((w.key[0], w.cut?.at)))
+                .collect::<Vec<_>>()
+        );
     }
     panic!("bases did not settle");
 }
