@@ -29,8 +29,9 @@ use futures::channel::mpsc;
 use futures::io::{AsyncRead, AsyncWrite};
 use futures::StreamExt;
 
-pub use ::iroh::{EndpointAddr, EndpointId, RelayMode, TransportAddr};
+pub use ::iroh::{EndpointAddr, EndpointId, RelayMode, RelayUrl, TransportAddr};
 
+use crate::discovery::DirAddress;
 use crate::identity::{KeyPair, PublicKey};
 use crate::transport::{Listener, Transport};
 
@@ -80,6 +81,49 @@ pub fn public_key_of(id: &EndpointId) -> io::Result<PublicKey> {
 pub fn endpoint_id_of(key: &PublicKey) -> io::Result<EndpointId> {
     EndpointId::from_bytes(key.as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Most transport addresses read back from a [`DirDiscovery`](crate::DirDiscovery)
+/// file for one endpoint.
+const MAX_DIR_ADDRS: usize = 16;
+
+/// In a [`DirDiscovery`](crate::DirDiscovery) file: the endpoint id in hex,
+/// then its direct addresses (`ip:HOST:PORT`) and relays (`relay:URL`),
+/// separated by spaces. Custom transport addresses are left out.
+impl DirAddress for EndpointAddr {
+    fn to_text(&self) -> String {
+        let mut text: String = self
+            .id
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        for addr in &self.addrs {
+            match addr {
+                TransportAddr::Ip(ip) => text.push_str(&format!(" ip:{ip}")),
+                TransportAddr::Relay(url) => text.push_str(&format!(" relay:{url}")),
+                _ => {}
+            }
+        }
+        text
+    }
+
+    fn from_text(text: &str) -> Option<Self> {
+        let mut words = text.split_whitespace();
+        let id: PublicKey = words.next()?.parse().ok()?;
+        let id = endpoint_id_of(&id).ok()?;
+        let mut addrs = Vec::new();
+        for word in words.take(MAX_DIR_ADDRS) {
+            if let Some(ip) = word.strip_prefix("ip:") {
+                addrs.push(TransportAddr::Ip(ip.parse().ok()?));
+            } else if let Some(url) = word.strip_prefix("relay:") {
+                addrs.push(TransportAddr::Relay(url.parse().ok()?));
+            } else {
+                return None;
+            }
+        }
+        Some(EndpointAddr::from_parts(id, addrs))
+    }
 }
 
 /// An iroh endpoint keyed by this peer's identity.
