@@ -126,6 +126,27 @@ impl DirAddress for EndpointAddr {
     }
 }
 
+/// Builds and binds the endpoint on `runtime` (blocks until bound).
+fn bind_endpoint(
+    runtime: &tokio::runtime::Runtime,
+    secret: SecretKey,
+    config: IrohConfig,
+) -> io::Result<Endpoint> {
+    runtime.block_on(async move {
+        let mut builder = Endpoint::builder(presets::Minimal)
+            .secret_key(secret)
+            .alpns(vec![ALPN.to_vec()])
+            .relay_mode(config.relay_mode);
+        if !config.bind_addrs.is_empty() {
+            builder = builder.clear_ip_transports();
+            for addr in config.bind_addrs {
+                builder = builder.bind_addr(addr).map_err(other)?;
+            }
+        }
+        builder.bind().await.map_err(other)
+    })
+}
+
 /// An iroh endpoint keyed by this peer's identity.
 #[derive(Debug)]
 pub struct IrohTransport {
@@ -137,7 +158,10 @@ pub struct IrohTransport {
 
 impl IrohTransport {
     /// Binds an endpoint whose id is `keypair`'s public key. Blocks the
-    /// calling thread while binding: call it outside async code.
+    /// calling thread while binding (briefly: no network round trip with
+    /// direct addresses only), so prefer calling it outside async code. It
+    /// also works from inside a tokio runtime: there it binds from a helper
+    /// thread, since tokio refuses to block a runtime's thread.
     pub fn bind(keypair: &KeyPair, config: IrohConfig) -> io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -145,19 +169,24 @@ impl IrohTransport {
             .enable_all()
             .build()?;
         let secret = SecretKey::from_bytes(&keypair.seed());
-        let endpoint = runtime.block_on(async move {
-            let mut builder = Endpoint::builder(presets::Minimal)
-                .secret_key(secret)
-                .alpns(vec![ALPN.to_vec()])
-                .relay_mode(config.relay_mode);
-            if !config.bind_addrs.is_empty() {
-                builder = builder.clear_ip_transports();
-                for addr in config.bind_addrs {
-                    builder = builder.bind_addr(addr).map_err(other)?;
-                }
+        let bound = if tokio::runtime::Handle::try_current().is_ok() {
+            std::thread::scope(|scope| {
+                scope
+                    .spawn(|| bind_endpoint(&runtime, secret, config))
+                    .join()
+            })
+            .unwrap_or_else(|_| Err(io::Error::other("the iroh bind thread panicked")))
+        } else {
+            bind_endpoint(&runtime, secret, config)
+        };
+        let endpoint = match bound {
+            Ok(endpoint) => endpoint,
+            Err(e) => {
+                // Dropping a runtime blocks (and panics inside async code).
+                runtime.shutdown_background();
+                return Err(e);
             }
-            builder.bind().await.map_err(other)
-        })?;
+        };
         let handle = runtime.handle().clone();
         Ok(Self {
             runtime: Some(runtime),

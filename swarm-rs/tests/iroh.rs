@@ -599,3 +599,26 @@ fn swarms_over_iroh_meet_through_a_rendezvous_folder() {
     drop((a, b));
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn binding_inside_a_tokio_runtime_works_and_failing_there_does_not_panic() {
+    // tokio refuses to block a runtime's thread (and to drop a runtime
+    // there): `bind` must neither panic nor hang when the caller is
+    // already inside one, whether binding works or fails.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let alice = KeyPair::from_seed([1; 32]);
+    let (ok, err) = rt.block_on(async {
+        let ok = IrohTransport::bind(&alice, IrohConfig::direct("127.0.0.1:0".parse().unwrap()));
+        // An address this machine does not have cannot be bound.
+        let err = IrohTransport::bind(&alice, IrohConfig::direct("192.0.2.1:9".parse().unwrap()));
+        (ok, err)
+    });
+    let transport = ok.unwrap();
+    assert_eq!(transport.public_key().unwrap(), alice.public_key());
+    assert!(err.is_err());
+    // Dropping it inside a runtime does not block either.
+    rt.block_on(async move { drop(transport) });
+}
