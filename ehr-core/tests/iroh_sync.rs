@@ -211,3 +211,87 @@ fn a_patient_and_a_granted_provider_sync_over_iroh_and_a_stranger_is_refused() {
     });
     eprintln!("iroh sync test took {:?}", started.elapsed());
 }
+
+/// A provider's device goes away (its sync and endpoint dropped), both
+/// write while apart, and it comes back on a new endpoint (new port, same
+/// identity): the offline writes cross and the views converge again.
+#[test]
+fn offline_writes_cross_when_the_provider_comes_back_on_a_new_endpoint() {
+    use futures::task::SpawnExt as _;
+    let started = Instant::now();
+    let mut pool = LocalPool::new();
+    let spawner = pool.spawner();
+    let discovery: MemoryDiscovery<EndpointAddr> = MemoryDiscovery::new();
+    let (patient, doctor) = pool.run_until(async {
+        let mem = || Record::builder(Arc::new(MemoryStorage::new()));
+        let patient = mem().create("p").await.unwrap();
+        patient.put(OBS.to_vec()).await.unwrap();
+        let doctor = mem().join(patient.key()).await.unwrap();
+        doctor.allow_peer(patient.identity().public_key().to_bytes());
+        patient
+            .grant(
+                doctor.writer_key(),
+                Grant::new(Role::Practitioner, &["patient/*.cruds"])
+                    .unwrap()
+                    .with_peer(doctor.identity().public_key().to_bytes()),
+            )
+            .await
+            .unwrap();
+        (patient, doctor)
+    });
+    let start = |rec: &Record, pool: &mut LocalPool| {
+        let transport = rec.iroh_transport(direct()).unwrap();
+        let addr = transport.local_addr();
+        let (handle, work) = pool
+            .run_until(rec.sync(transport, discovery.clone(), &addr))
+            .unwrap();
+        // Dropping the remote handle cancels the sync (and its endpoint).
+        let running = spawner.spawn_with_handle(async move {
+            let _ = work.await;
+        });
+        (handle, running.unwrap(), addr)
+    };
+    let _patient_sync = start(&patient, &mut pool);
+    let (doctor_handle, doctor_sync, first_addr) = start(&doctor, &mut pool);
+    pool.run_until(wait_until(
+        &[&patient, &doctor],
+        || async {
+            doctor.writable().await && resource(&doctor, "Observation", "o1").await.is_some()
+        },
+        "the doctor never synced over iroh",
+    ));
+    eprintln!("first sync after {:?}", started.elapsed());
+
+    // The doctor's device goes away; both write while apart.
+    drop((doctor_handle, doctor_sync));
+    pool.run_until(async {
+        patient.put(COND_PATIENT.to_vec()).await.unwrap();
+        doctor.put(COND_DOCTOR.to_vec()).await.unwrap();
+        async_io::Timer::after(Duration::from_millis(300)).await;
+        for r in [&patient, &doctor] {
+            r.update().await.unwrap();
+        }
+        assert!(resource(&patient, "Condition", "c-doctor").await.is_none());
+        assert!(resource(&doctor, "Condition", "c-patient").await.is_none());
+    });
+
+    // Back on a new endpoint: same identity, another port.
+    let back = Instant::now();
+    let (_doctor_handle, _doctor_sync, second_addr) = start(&doctor, &mut pool);
+    assert_eq!(second_addr.id, first_addr.id);
+    assert_ne!(second_addr, first_addr);
+    pool.run_until(wait_until(
+        &[&patient, &doctor],
+        || async {
+            resource(&patient, "Condition", "c-doctor").await.is_some()
+                && resource(&doctor, "Condition", "c-patient").await.is_some()
+                && dump(&patient).await == dump(&doctor).await
+        },
+        "the offline writes never crossed after the doctor came back",
+    ));
+    eprintln!(
+        "reconverged {:?} after the doctor came back ({:?} in all)",
+        back.elapsed(),
+        started.elapsed()
+    );
+}
