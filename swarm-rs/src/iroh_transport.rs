@@ -206,10 +206,26 @@ impl IrohTransport {
     }
 }
 
+/// How long dropping an [`IrohTransport`] waits for its peers to
+/// acknowledge that its connections are closed.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Dropping the transport closes every connection it made or accepted
+/// (streams already handed out end with an error). Outside a tokio runtime
+/// it first tells the peers, waiting at most 1 s for them to acknowledge,
+/// so they see the connections end at once instead of after their idle
+/// timeout; on a tokio runtime's thread, where blocking is not allowed, it
+/// does not wait and the peers time out.
 impl Drop for IrohTransport {
     fn drop(&mut self) {
-        // Dropping a runtime blocks; this does not (and works inside async code).
         if let Some(runtime) = self.runtime.take() {
+            if tokio::runtime::Handle::try_current().is_err() {
+                let endpoint = self.endpoint.clone();
+                runtime.block_on(async move {
+                    let _ = tokio::time::timeout(CLOSE_WAIT, endpoint.close()).await;
+                });
+            }
+            // Dropping a runtime blocks; this does not (and works inside async code).
             runtime.shutdown_background();
         }
     }

@@ -622,3 +622,38 @@ fn binding_inside_a_tokio_runtime_works_and_failing_there_does_not_panic() {
     // Dropping it inside a runtime does not block either.
     rt.block_on(async move { drop(transport) });
 }
+
+/// A swarm whose handles are all dropped stops, and its transport with it:
+/// the peer sees the connection end at once (the transport closes its
+/// QUIC connections), not after the 20 s idle timeout.
+#[test]
+fn a_peer_that_stops_is_noticed_at_once() {
+    let mut pool = LocalPool::new();
+    let discovery: MemoryDiscovery<EndpointAddr> = MemoryDiscovery::new();
+    let a = spawn_node(&mut pool, &discovery, 1, None);
+    let b = spawn_node(&mut pool, &discovery, 2, None);
+    let topic = Topic::from_name("ward-7");
+    for node in [&a, &b] {
+        node.handle.join(&topic, JoinMode::BOTH).unwrap();
+    }
+    pool.run_until(async {
+        eventually("a and b paired", || async { paired(&a, &b) }).await;
+    });
+    let b_key = b.key();
+    drop(b);
+    let stopped = Instant::now();
+    pool.run_until(async {
+        eventually("a notices that b stopped", || async {
+            !a.live().contains_key(&b_key)
+        })
+        .await;
+    });
+    let took = stopped.elapsed();
+    assert!(took < Duration::from_secs(5), "noticed only after {took:?}");
+    // Nor does anyone find it any more.
+    pool.run_until(async {
+        let announced = discovery.lookup(topic.discovery_key()).await.unwrap();
+        assert_eq!(announced.len(), 1);
+        assert_eq!(announced[0].0, a.key());
+    });
+}
