@@ -171,11 +171,13 @@ impl IrohTransport {
         let secret = SecretKey::from_bytes(&keypair.seed());
         let bound = if tokio::runtime::Handle::try_current().is_ok() {
             std::thread::scope(|scope| {
-                scope
-                    .spawn(|| bind_endpoint(&runtime, secret, config))
+                let helper = std::thread::Builder::new()
+                    .name("swarm-rs-iroh-bind".into())
+                    .spawn_scoped(scope, || bind_endpoint(&runtime, secret, config))?;
+                helper
                     .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("the iroh bind thread panicked")))
             })
-            .unwrap_or_else(|_| Err(io::Error::other("the iroh bind thread panicked")))
         } else {
             bind_endpoint(&runtime, secret, config)
         };
