@@ -13,6 +13,8 @@
 //!   the patient's devices and granted providers; attachments live in
 //!   hyperdrives ([`Attachment`]); peers meet over swarm-rs on the record's
 //!   discovery key behind a firewall that follows the grants.
+//! - `iroh` (feature `iroh`, off by default): sync over the swarm's
+//!   internet engine (QUIC by public key, hole punching, relays).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -55,6 +57,8 @@ mod error;
 pub mod fhir;
 pub mod invite;
 mod invite_net;
+#[cfg(feature = "iroh")]
+pub mod iroh;
 mod json;
 pub mod keys;
 pub mod keystore;

@@ -3,7 +3,8 @@
 //! handed to a discovery service, never topics.
 //!
 //! [`MemoryDiscovery`] serves tests in one process; [`DirDiscovery`] is a
-//! rendezvous folder for processes on one machine.
+//! rendezvous folder for processes on one machine, for any address that
+//! can be written as a line of text ([`DirAddress`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -139,25 +140,67 @@ impl<A: Clone + Debug + Send + Sync + 'static> Discovery for MemoryDiscovery<A> 
     }
 }
 
+/// How a [`DirDiscovery`] writes an address into its file: one short line
+/// of text, read back with [`DirAddress::from_text`]. Implemented for
+/// `SocketAddr` (`HOST:PORT`) and, with the feature `iroh`, for iroh's
+/// `EndpointAddr`.
+pub trait DirAddress: Clone + Debug + Send + Sync + Sized + 'static {
+    /// The address as text (no line breaks).
+    fn to_text(&self) -> String;
+    /// Parses what [`DirAddress::to_text`] wrote; `None` for anything else
+    /// (the file may come from another program).
+    fn from_text(text: &str) -> Option<Self>;
+}
+
+impl DirAddress for std::net::SocketAddr {
+    fn to_text(&self) -> String {
+        self.to_string()
+    }
+    fn from_text(text: &str) -> Option<Self> {
+        text.trim().parse().ok()
+    }
+}
+
+/// Largest address file a lookup reads (anything longer is skipped).
+const MAX_ADDRESS_FILE: u64 = 4096;
+
 /// A rendezvous in a shared folder, for peers on one machine (several
-/// processes, e.g. over TCP loopback). Each announcement is one small file,
-/// `<folder>/<discovery key hex>/<public key hex>`, holding the address as
-/// text (`HOST:PORT`). Lookups list the key's folder.
+/// processes, e.g. over TCP loopback or iroh). Each announcement is one
+/// small file, `<folder>/<discovery key hex>/<public key hex>`, holding the
+/// address as text ([`DirAddress`]: `HOST:PORT` for TCP). Lookups list the
+/// key's folder.
 ///
 /// Honest limits: it only works between processes that see the same folder;
 /// announcements of a process that was killed stay until withdrawn or
 /// overwritten (dialing them fails and is retried with backoff, then given
 /// up); the file system calls block the polling thread briefly (the files
 /// are tiny). For LAN and internet use, mDNS and a DHT are the plan.
-#[derive(Debug, Clone)]
-pub struct DirDiscovery {
+pub struct DirDiscovery<A = std::net::SocketAddr> {
     root: std::path::PathBuf,
+    addr: std::marker::PhantomData<fn() -> A>,
 }
 
-impl DirDiscovery {
+impl<A> Debug for DirDiscovery<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirDiscovery")
+            .field("root", &self.root)
+            .finish()
+    }
+}
+
+impl<A> Clone for DirDiscovery<A> {
+    fn clone(&self) -> Self {
+        Self::new(self.root.clone())
+    }
+}
+
+impl<A> DirDiscovery<A> {
     /// A rendezvous in `root` (created when needed).
     pub fn new(root: impl Into<std::path::PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            addr: std::marker::PhantomData,
+        }
     }
 
     fn key_dir(&self, key: &DiscoveryKey) -> std::path::PathBuf {
@@ -169,22 +212,34 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Reads at most [`MAX_ADDRESS_FILE`] bytes of text; `None` if longer or
+/// unreadable.
+fn read_small(path: &std::path::Path) -> Option<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).ok()?;
+    let mut text = String::new();
+    file.take(MAX_ADDRESS_FILE + 1)
+        .read_to_string(&mut text)
+        .ok()?;
+    (text.len() as u64 <= MAX_ADDRESS_FILE).then_some(text)
+}
+
 #[async_trait]
-impl Discovery for DirDiscovery {
-    type Address = std::net::SocketAddr;
+impl<A: DirAddress> Discovery for DirDiscovery<A> {
+    type Address = A;
 
     async fn announce(
         &self,
         key: DiscoveryKey,
         peer: PublicKey,
-        addr: std::net::SocketAddr,
+        addr: A,
     ) -> Result<(), DiscoveryError> {
         let dir = self.key_dir(&key);
         std::fs::create_dir_all(&dir).map_err(|_| DiscoveryError::Unavailable)?;
         // Write then rename, so a lookup never reads half an address.
         let name = peer.to_string();
         let tmp = dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, addr.to_string()).map_err(|_| DiscoveryError::Unavailable)?;
+        std::fs::write(&tmp, addr.to_text()).map_err(|_| DiscoveryError::Unavailable)?;
         std::fs::rename(&tmp, dir.join(&name)).map_err(|_| DiscoveryError::Unavailable)
     }
 
@@ -196,18 +251,15 @@ impl Discovery for DirDiscovery {
         }
     }
 
-    async fn lookup(
-        &self,
-        key: DiscoveryKey,
-    ) -> Result<Vec<(PublicKey, std::net::SocketAddr)>, DiscoveryError> {
+    async fn lookup(&self, key: DiscoveryKey) -> Result<Vec<(PublicKey, A)>, DiscoveryError> {
         let entries = match std::fs::read_dir(self.key_dir(&key)) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(_) => return Err(DiscoveryError::Unavailable),
         };
         let mut found = BTreeMap::new();
-        // Anything unreadable or malformed (another program's files, a
-        // half-written temp file) is skipped, never trusted.
+        // Anything unreadable, oversized or malformed (another program's
+        // files, a half-written temp file) is skipped, never trusted.
         for entry in entries.flatten().take(1024) {
             let Some(peer) = entry
                 .file_name()
@@ -216,10 +268,10 @@ impl Discovery for DirDiscovery {
             else {
                 continue;
             };
-            let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            let Some(text) = read_small(&entry.path()) else {
                 continue;
             };
-            if let Ok(addr) = text.trim().parse() {
+            if let Some(addr) = A::from_text(&text) {
                 found.insert(peer, addr);
             }
         }
@@ -264,18 +316,28 @@ mod tests {
     #[test]
     fn dir_rendezvous_round_trip() {
         let root = std::env::temp_dir().join(format!("swarm-rs-dir-test-{}", std::process::id()));
-        let d = DirDiscovery::new(&root);
+        let d: DirDiscovery = DirDiscovery::new(&root);
         let key = Topic::from_name("clinic").discovery_key();
         let a = KeyPair::from_seed([1; 32]).public_key();
         let addr: std::net::SocketAddr = "127.0.0.1:4242".parse().unwrap();
         block_on(async {
             assert!(d.lookup(key).await.unwrap().is_empty());
             d.announce(key, a, addr).await.unwrap();
-            // Garbage in the folder is ignored.
+            // Garbage in the folder is ignored: a file that is not named
+            // by a key, an unparsable address, an oversized file.
             std::fs::write(d.key_dir(&key).join("not-a-key"), "x").unwrap();
+            let (b, c) = (
+                KeyPair::from_seed([2; 32]).public_key(),
+                KeyPair::from_seed([3; 32]).public_key(),
+            );
+            std::fs::write(d.key_dir(&key).join(b.to_string()), "nowhere:x").unwrap();
+            let huge = format!("127.0.0.1:1{}", " ".repeat(5000));
+            std::fs::write(d.key_dir(&key).join(c.to_string()), huge).unwrap();
             assert_eq!(d.lookup(key).await.unwrap(), vec![(a, addr)]);
             d.unannounce(key, a).await.unwrap();
             d.unannounce(key, a).await.unwrap();
+            d.unannounce(key, b).await.unwrap();
+            d.unannounce(key, c).await.unwrap();
             assert!(d.lookup(key).await.unwrap().is_empty());
         });
         std::fs::remove_dir_all(&root).unwrap();

@@ -29,8 +29,9 @@ use futures::channel::mpsc;
 use futures::io::{AsyncRead, AsyncWrite};
 use futures::StreamExt;
 
-pub use ::iroh::{EndpointAddr, EndpointId, RelayMode, TransportAddr};
+pub use ::iroh::{EndpointAddr, EndpointId, RelayMode, RelayUrl, TransportAddr};
 
+use crate::discovery::DirAddress;
 use crate::identity::{KeyPair, PublicKey};
 use crate::transport::{Listener, Transport};
 
@@ -82,6 +83,70 @@ pub fn endpoint_id_of(key: &PublicKey) -> io::Result<EndpointId> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
+/// Most transport addresses read back from a [`DirDiscovery`](crate::DirDiscovery)
+/// file for one endpoint.
+const MAX_DIR_ADDRS: usize = 16;
+
+/// In a [`DirDiscovery`](crate::DirDiscovery) file: the endpoint id in hex,
+/// then its direct addresses (`ip:HOST:PORT`) and relays (`relay:URL`),
+/// separated by spaces. Custom transport addresses are left out.
+impl DirAddress for EndpointAddr {
+    fn to_text(&self) -> String {
+        let mut text: String = self
+            .id
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        for addr in &self.addrs {
+            match addr {
+                TransportAddr::Ip(ip) => text.push_str(&format!(" ip:{ip}")),
+                TransportAddr::Relay(url) => text.push_str(&format!(" relay:{url}")),
+                _ => {}
+            }
+        }
+        text
+    }
+
+    fn from_text(text: &str) -> Option<Self> {
+        let mut words = text.split_whitespace();
+        let id: PublicKey = words.next()?.parse().ok()?;
+        let id = endpoint_id_of(&id).ok()?;
+        let mut addrs = Vec::new();
+        for word in words.take(MAX_DIR_ADDRS) {
+            if let Some(ip) = word.strip_prefix("ip:") {
+                addrs.push(TransportAddr::Ip(ip.parse().ok()?));
+            } else if let Some(url) = word.strip_prefix("relay:") {
+                addrs.push(TransportAddr::Relay(url.parse().ok()?));
+            } else {
+                return None;
+            }
+        }
+        Some(EndpointAddr::from_parts(id, addrs))
+    }
+}
+
+/// Builds and binds the endpoint on `runtime` (blocks until bound).
+fn bind_endpoint(
+    runtime: &tokio::runtime::Runtime,
+    secret: SecretKey,
+    config: IrohConfig,
+) -> io::Result<Endpoint> {
+    runtime.block_on(async move {
+        let mut builder = Endpoint::builder(presets::Minimal)
+            .secret_key(secret)
+            .alpns(vec![ALPN.to_vec()])
+            .relay_mode(config.relay_mode);
+        if !config.bind_addrs.is_empty() {
+            builder = builder.clear_ip_transports();
+            for addr in config.bind_addrs {
+                builder = builder.bind_addr(addr).map_err(other)?;
+            }
+        }
+        builder.bind().await.map_err(other)
+    })
+}
+
 /// An iroh endpoint keyed by this peer's identity.
 #[derive(Debug)]
 pub struct IrohTransport {
@@ -93,7 +158,10 @@ pub struct IrohTransport {
 
 impl IrohTransport {
     /// Binds an endpoint whose id is `keypair`'s public key. Blocks the
-    /// calling thread while binding: call it outside async code.
+    /// calling thread while binding (briefly: no network round trip with
+    /// direct addresses only), so prefer calling it outside async code. It
+    /// also works from inside a tokio runtime: there it binds from a helper
+    /// thread, since tokio refuses to block a runtime's thread.
     pub fn bind(keypair: &KeyPair, config: IrohConfig) -> io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -101,19 +169,26 @@ impl IrohTransport {
             .enable_all()
             .build()?;
         let secret = SecretKey::from_bytes(&keypair.seed());
-        let endpoint = runtime.block_on(async move {
-            let mut builder = Endpoint::builder(presets::Minimal)
-                .secret_key(secret)
-                .alpns(vec![ALPN.to_vec()])
-                .relay_mode(config.relay_mode);
-            if !config.bind_addrs.is_empty() {
-                builder = builder.clear_ip_transports();
-                for addr in config.bind_addrs {
-                    builder = builder.bind_addr(addr).map_err(other)?;
-                }
+        let bound = if tokio::runtime::Handle::try_current().is_ok() {
+            std::thread::scope(|scope| {
+                let helper = std::thread::Builder::new()
+                    .name("swarm-rs-iroh-bind".into())
+                    .spawn_scoped(scope, || bind_endpoint(&runtime, secret, config))?;
+                helper
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("the iroh bind thread panicked")))
+            })
+        } else {
+            bind_endpoint(&runtime, secret, config)
+        };
+        let endpoint = match bound {
+            Ok(endpoint) => endpoint,
+            Err(e) => {
+                // Dropping a runtime blocks (and panics inside async code).
+                runtime.shutdown_background();
+                return Err(e);
             }
-            builder.bind().await.map_err(other)
-        })?;
+        };
         let handle = runtime.handle().clone();
         Ok(Self {
             runtime: Some(runtime),
@@ -133,10 +208,26 @@ impl IrohTransport {
     }
 }
 
+/// How long dropping an [`IrohTransport`] waits for its peers to
+/// acknowledge that its connections are closed.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Dropping the transport closes every connection it made or accepted
+/// (streams already handed out end with an error). Outside a tokio runtime
+/// it first tells the peers, waiting at most 1 s for them to acknowledge,
+/// so they see the connections end at once instead of after their idle
+/// timeout; on a tokio runtime's thread, where blocking is not allowed, it
+/// does not wait and the peers time out.
 impl Drop for IrohTransport {
     fn drop(&mut self) {
-        // Dropping a runtime blocks; this does not (and works inside async code).
         if let Some(runtime) = self.runtime.take() {
+            if tokio::runtime::Handle::try_current().is_err() {
+                let endpoint = self.endpoint.clone();
+                runtime.block_on(async move {
+                    let _ = tokio::time::timeout(CLOSE_WAIT, endpoint.close()).await;
+                });
+            }
+            // Dropping a runtime blocks; this does not (and works inside async code).
             runtime.shutdown_background();
         }
     }

@@ -58,7 +58,7 @@ pub mod transport;
 pub use clock::{Clock, SystemClock};
 #[cfg(feature = "dht")]
 pub use dht::{DhtConfig, DhtDiscovery};
-pub use discovery::{DirDiscovery, Discovery, DiscoveryError, MemoryDiscovery};
+pub use discovery::{DirAddress, DirDiscovery, Discovery, DiscoveryError, MemoryDiscovery};
 pub use driver::{
     Connections, DriverConfig, DriverStopped, PeerConnection, SwarmBuilder, SwarmDriver,
     SwarmHandle,

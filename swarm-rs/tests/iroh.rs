@@ -1,22 +1,29 @@
 //! The iroh adapter on loopback with direct addresses only (no relay, no
 //! address lookup, no DNS): two endpoints reach each other by ed25519
-//! public key through the [`Transport`] trait.
+//! public key through the [`Transport`] trait, and swarm drivers over it
+//! meet on a topic through a discovery of iroh addresses.
 #![cfg(feature = "iroh")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use futures::executor::block_on;
+use futures::executor::{block_on, LocalPool};
 use futures::future::{join, select, Either};
+use futures::task::LocalSpawnExt;
 use futures::{AsyncReadExt, AsyncWriteExt, SinkExt, StreamExt};
 use swarm_rs::iroh_transport::{
-    endpoint_id_of, public_key_of, EndpointAddr, IrohConfig, IrohTransport, TransportAddr,
+    endpoint_id_of, public_key_of, EndpointAddr, IrohConfig, IrohStream, IrohTransport, RelayUrl,
+    TransportAddr,
 };
 use swarm_rs::{
-    KeyPair, Listener, Role, SecureConfig, SecureStream, SeededEntropy, SystemClock, Transport,
+    DirAddress, DirDiscovery, Discovery, DriverConfig, HandshakeHash, JoinMode, KeyPair, Listener,
+    MemoryDiscovery, Mux, MuxConfig, MuxEvent, PeerConnection, PublicKey, Role, SecureConfig,
+    SecureStream, SeededEntropy, SwarmBuilder, SwarmConfig, SwarmHandle, SystemClock, Topic,
+    Transport,
 };
 
 /// Runs `fut` to completion, failing the test if it takes longer than
@@ -241,5 +248,412 @@ fn data_written_before_a_drop_still_arrives() {
         s.read_to_end(&mut got).await.unwrap();
         assert_eq!(got.len(), sent.len());
         assert!(got == sent, "bytes differ");
+    });
+}
+
+// ---------------------------------------------------------------------------
+// The swarm driver over iroh: topics, discovery of `EndpointAddr`s, the
+// rules (one connection per pair, firewall, leave) and mux channels on the
+// connections it hands out.
+
+type Live = Arc<Mutex<BTreeMap<PublicKey, Vec<HandshakeHash>>>>;
+type Heard = Arc<Mutex<BTreeMap<PublicKey, Vec<Vec<u8>>>>>;
+
+/// Upper bound for any condition to become true over loopback QUIC.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// What a peer says on the chat channel: `hello from ` + its key.
+fn hello(from: &PublicKey) -> Vec<u8> {
+    [b"hello from ".as_slice(), from.as_bytes().as_slice()].concat()
+}
+
+struct Node {
+    handle: SwarmHandle,
+    /// Connections the application holds and that have not ended.
+    live: Live,
+    /// Messages received on the chat channel, by sender.
+    heard: Heard,
+    /// Every peer a connection was ever handed out for.
+    seen: Arc<Mutex<Vec<PublicKey>>>,
+}
+
+impl Node {
+    fn key(&self) -> PublicKey {
+        self.handle.public_key()
+    }
+    fn live(&self) -> BTreeMap<PublicKey, Vec<HandshakeHash>> {
+        self.live.lock().unwrap().clone()
+    }
+    fn heard(&self) -> BTreeMap<PublicKey, Vec<Vec<u8>>> {
+        self.heard.lock().unwrap().clone()
+    }
+}
+
+/// Runs a mux over one handed-out connection: opens the chat channel, says
+/// hello once both sides opened it, and records what the peer says, until
+/// the connection ends.
+async fn chat(mut conn: PeerConnection<IrohStream>, me: PublicKey, live: Live, heard: Heard) {
+    let peer = conn.remote_public_key();
+    let hash = conn.handshake_hash();
+    live.lock().unwrap().entry(peer).or_default().push(hash);
+    let mut mux = Mux::new(MuxConfig::default());
+    let channel = mux.open("chat/v1", b"ward-7").unwrap();
+    'session: loop {
+        while let Some(frame) = mux.poll_transmit() {
+            if conn.feed(frame).await.is_err() {
+                break 'session;
+            }
+        }
+        if conn.flush().await.is_err() {
+            break;
+        }
+        match conn.next().await {
+            Some(Ok(frame)) => {
+                // A peer breaking the mux rules ends the session, not the test.
+                if mux.handle_frame(&frame).is_err() {
+                    break;
+                }
+            }
+            _ => break,
+        }
+        while let Some(event) = mux.poll_event() {
+            match event {
+                MuxEvent::Opened { channel: c, .. } if c == channel => {
+                    mux.send(channel, &hello(&me)).unwrap();
+                }
+                MuxEvent::Message { channel: c, data } if c == channel => {
+                    heard.lock().unwrap().entry(peer).or_default().push(data);
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut live = live.lock().unwrap();
+    if let Some(hashes) = live.get_mut(&peer) {
+        hashes.retain(|h| *h != hash);
+        if hashes.is_empty() {
+            live.remove(&peer);
+        }
+    }
+}
+
+fn fast_config() -> DriverConfig {
+    let mut config = DriverConfig::default();
+    let mut swarm = SwarmConfig::default();
+    swarm.backoff_base = Duration::from_millis(20);
+    swarm.backoff_max = Duration::from_millis(400);
+    config.swarm = swarm;
+    config.refresh_interval = Duration::from_millis(200);
+    config
+}
+
+/// A swarm on its own iroh endpoint (loopback, direct addresses only),
+/// meeting others through `discovery`.
+fn spawn_node<D: Discovery<Address = EndpointAddr> + Clone + 'static>(
+    pool: &mut LocalPool,
+    discovery: &D,
+    seed: u8,
+    refuse: Option<PublicKey>,
+) -> Node {
+    let keypair = KeyPair::from_seed([seed; 32]);
+    let me = keypair.public_key();
+    let transport = bind(&keypair);
+    let addr = transport.local_addr();
+    let mut builder = SwarmBuilder::new(keypair)
+        .config(fast_config())
+        .entropy(Box::new(SeededEntropy::from_u64(u64::from(seed))));
+    if let Some(refused) = refuse {
+        builder = builder.firewall(move |peer| *peer != refused);
+    }
+    let (handle, mut connections, driver) = pool
+        .run_until(builder.bind(transport, discovery.clone(), &addr))
+        .unwrap();
+    let spawner = pool.spawner();
+    spawner.spawn_local(driver).unwrap();
+    let (live, heard): (Live, Heard) = Default::default();
+    let seen: Arc<Mutex<Vec<PublicKey>>> = Arc::default();
+    let (live2, heard2, seen2, spawner2) =
+        (live.clone(), heard.clone(), seen.clone(), spawner.clone());
+    spawner
+        .spawn_local(async move {
+            while let Some(conn) = connections.next().await {
+                seen2.lock().unwrap().push(conn.remote_public_key());
+                let session = chat(conn, me, live2.clone(), heard2.clone());
+                spawner2.spawn_local(session).unwrap();
+            }
+        })
+        .unwrap();
+    Node {
+        handle,
+        live,
+        heard,
+        seen,
+    }
+}
+
+async fn sleep(d: Duration) {
+    async_io::Timer::after(d).await;
+}
+
+/// Polls `check` until it holds, or fails the test after `PATIENCE`.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < PATIENCE, "timed out waiting for: {what}");
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `a` and `b` hold exactly one connection to each other, the same one
+/// (same handshake hash) on both sides, and each heard the other's hello on
+/// the chat channel (once per connection the rules handed out: a duplicate
+/// may be handed out before the tie-break closes it), and nothing else.
+fn paired(a: &Node, b: &Node) -> bool {
+    let (ab, ba) = (
+        a.live().get(&b.key()).cloned(),
+        b.live().get(&a.key()).cloned(),
+    );
+    let one = matches!(&ab, Some(h) if h.len() == 1) && ab == ba;
+    let heard_hello = |x: &Node, from: &Node| {
+        x.heard()
+            .get(&from.key())
+            .is_some_and(|m| !m.is_empty() && m.iter().all(|msg| *msg == hello(&from.key())))
+    };
+    one && heard_hello(a, b) && heard_hello(b, a)
+}
+
+#[test]
+fn swarms_over_iroh_meet_once_per_pair_talk_on_channels_and_honour_the_firewall() {
+    let mut pool = LocalPool::new();
+    let discovery: MemoryDiscovery<EndpointAddr> = MemoryDiscovery::new();
+    let refused = KeyPair::from_seed([3; 32]).public_key();
+    // Node 1 refuses node 3; node 2 takes everyone.
+    let guarded = spawn_node(&mut pool, &discovery, 1, Some(refused));
+    let friend = spawn_node(&mut pool, &discovery, 2, None);
+    let stranger = spawn_node(&mut pool, &discovery, 3, None);
+    assert_eq!(stranger.key(), refused);
+    let topic = Topic::from_name("ward-7");
+    // Everyone is server and client: both sides of each pair dial at once.
+    for node in [&guarded, &friend, &stranger] {
+        node.handle.join(&topic, JoinMode::BOTH).unwrap();
+    }
+    pool.run_until(async {
+        eventually("1-2 and 2-3 paired with one connection each", || async {
+            paired(&guarded, &friend) && paired(&friend, &stranger)
+        })
+        .await;
+        let expected = |n: &Node| {
+            let mut keys: Vec<PublicKey> = n.live().keys().copied().collect();
+            keys.sort();
+            keys
+        };
+        assert_eq!(
+            friend.handle.connected_peers().await.unwrap(),
+            expected(&friend)
+        );
+        let settled = (guarded.live(), friend.live());
+        // Long enough for the stranger to retry the guarded peer a few
+        // times, and for any duplicate to be closed: nothing changes.
+        sleep(Duration::from_millis(1000)).await;
+        assert!(paired(&guarded, &friend) && paired(&friend, &stranger));
+        assert_eq!(
+            (guarded.live(), friend.live()),
+            settled,
+            "churn after settling"
+        );
+        // The guarded peer never handed out a connection to the stranger,
+        // so no chat ever ran between them.
+        assert!(!guarded.seen.lock().unwrap().contains(&refused));
+        assert_eq!(
+            guarded.handle.connected_peers().await.unwrap(),
+            vec![friend.key()]
+        );
+        assert!(!guarded.heard().contains_key(&refused));
+        assert!(!stranger.heard().contains_key(&guarded.key()));
+        // What discovery holds: the hash of the topic, and each peer's
+        // iroh address (its key, its loopback socket, no relay).
+        assert_eq!(discovery.keys(), vec![topic.discovery_key()]);
+        let announced = discovery.lookup(topic.discovery_key()).await.unwrap();
+        assert_eq!(announced.len(), 3);
+        for (peer, addr) in announced {
+            assert_eq!(public_key_of(&addr.id).unwrap(), peer);
+            assert!(addr.ip_addrs().all(|a| a.ip().is_loopback()), "{addr:?}");
+            assert!(addr.ip_addrs().count() > 0 && addr.relay_urls().count() == 0);
+        }
+    });
+}
+
+#[test]
+fn leaving_a_topic_over_iroh_stops_announcing_it() {
+    let mut pool = LocalPool::new();
+    let discovery: MemoryDiscovery<EndpointAddr> = MemoryDiscovery::new();
+    let server = spawn_node(&mut pool, &discovery, 1, None);
+    let topic = Topic::from_name("records");
+    let server_only = JoinMode {
+        server: true,
+        client: false,
+    };
+    server.handle.join(&topic, server_only).unwrap();
+    pool.run_until(async {
+        eventually("the announcement", || async {
+            discovery.keys() == vec![topic.discovery_key()]
+        })
+        .await;
+        server.handle.leave(&topic).unwrap();
+        eventually("the withdrawal", || async { discovery.keys().is_empty() }).await;
+        // Refreshes must not announce it again.
+        sleep(Duration::from_millis(600)).await;
+        assert!(discovery.keys().is_empty());
+    });
+    // A client arriving later finds nobody.
+    let client = spawn_node(&mut pool, &discovery, 2, None);
+    client.handle.join(&topic, JoinMode::BOTH).unwrap();
+    pool.run_until(async {
+        sleep(Duration::from_millis(600)).await;
+        assert!(client.live().is_empty());
+        assert!(server.seen.lock().unwrap().is_empty());
+        assert!(client.seen.lock().unwrap().is_empty());
+        // Its own announcement is the only one under the topic.
+        let announced = discovery.lookup(topic.discovery_key()).await.unwrap();
+        assert_eq!(announced.len(), 1);
+        assert_eq!(announced[0].0, client.key());
+    });
+}
+
+#[test]
+fn iroh_addresses_round_trip_through_rendezvous_text() {
+    let id = endpoint_id_of(&KeyPair::from_seed([9; 32]).public_key()).unwrap();
+    let relay: RelayUrl = "https://relay.example.org./".parse().unwrap();
+    let full = EndpointAddr::new(id)
+        .with_ip_addr("127.0.0.1:4433".parse().unwrap())
+        .with_ip_addr("[::1]:4434".parse().unwrap())
+        .with_relay_url(relay);
+    for addr in [full, EndpointAddr::new(id)] {
+        let text = addr.to_text();
+        assert!(!text.contains('\n'), "{text}");
+        assert_eq!(EndpointAddr::from_text(&text), Some(addr));
+    }
+    let key = hex_of(id.as_bytes());
+    for bad in [
+        String::new(),
+        "zz".to_string(),
+        format!("{key} ip:nowhere"),
+        format!("{key} relay:not a url"),
+        format!("{key} carrier-pigeon:7"),
+        // A key that is not a curve point (y = 2).
+        format!("02{} ip:127.0.0.1:1", "00".repeat(31)),
+    ] {
+        assert_eq!(EndpointAddr::from_text(&bad), None, "{bad}");
+    }
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn swarms_over_iroh_meet_through_a_rendezvous_folder() {
+    // Each peer has its own `DirDiscovery` on the same folder, as two
+    // processes on one machine would; the files hold iroh addresses.
+    let root = std::env::temp_dir().join(format!("swarm-rs-iroh-dir-{}", std::process::id()));
+    let mut pool = LocalPool::new();
+    let a = spawn_node(
+        &mut pool,
+        &DirDiscovery::<EndpointAddr>::new(&root),
+        1,
+        None,
+    );
+    let b = spawn_node(
+        &mut pool,
+        &DirDiscovery::<EndpointAddr>::new(&root),
+        2,
+        None,
+    );
+    let topic = Topic::from_name("ward-7");
+    let look = DirDiscovery::<EndpointAddr>::new(&root);
+    for node in [&a, &b] {
+        node.handle.join(&topic, JoinMode::BOTH).unwrap();
+    }
+    pool.run_until(async {
+        eventually("a and b paired", || async { paired(&a, &b) }).await;
+        let found = look.lookup(topic.discovery_key()).await.unwrap();
+        let keys: Vec<PublicKey> = found.iter().map(|(k, _)| *k).collect();
+        let mut expected = vec![a.key(), b.key()];
+        expected.sort();
+        assert_eq!(keys, expected);
+        for (peer, addr) in &found {
+            assert_eq!(public_key_of(&addr.id).unwrap(), *peer);
+            assert!(addr.ip_addrs().any(|a| a.ip().is_loopback()));
+        }
+        // Leaving removes the file.
+        a.handle.leave(&topic).unwrap();
+        eventually("a's file removed", || async {
+            look.lookup(topic.discovery_key()).await.unwrap().len() == 1
+        })
+        .await;
+    });
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn binding_inside_a_tokio_runtime_works_and_failing_there_does_not_panic() {
+    // tokio refuses to block a runtime's thread (and to drop a runtime
+    // there): `bind` must neither panic nor hang when the caller is
+    // already inside one, whether binding works or fails.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let alice = KeyPair::from_seed([1; 32]);
+    let (ok, err) = rt.block_on(async {
+        let ok = IrohTransport::bind(&alice, IrohConfig::direct("127.0.0.1:0".parse().unwrap()));
+        // An address this machine does not have cannot be bound.
+        let err = IrohTransport::bind(&alice, IrohConfig::direct("192.0.2.1:9".parse().unwrap()));
+        (ok, err)
+    });
+    let transport = ok.unwrap();
+    assert_eq!(transport.public_key().unwrap(), alice.public_key());
+    assert!(err.is_err());
+    // Dropping it inside a runtime does not block either.
+    rt.block_on(async move { drop(transport) });
+}
+
+/// A swarm whose handles are all dropped stops, and its transport with it:
+/// the peer sees the connection end at once (the transport closes its
+/// QUIC connections), not after the 20 s idle timeout.
+#[test]
+fn a_peer_that_stops_is_noticed_at_once() {
+    let mut pool = LocalPool::new();
+    let discovery: MemoryDiscovery<EndpointAddr> = MemoryDiscovery::new();
+    let a = spawn_node(&mut pool, &discovery, 1, None);
+    let b = spawn_node(&mut pool, &discovery, 2, None);
+    let topic = Topic::from_name("ward-7");
+    for node in [&a, &b] {
+        node.handle.join(&topic, JoinMode::BOTH).unwrap();
+    }
+    pool.run_until(async {
+        eventually("a and b paired", || async { paired(&a, &b) }).await;
+    });
+    let b_key = b.key();
+    drop(b);
+    let stopped = Instant::now();
+    pool.run_until(async {
+        eventually("a notices that b stopped", || async {
+            !a.live().contains_key(&b_key)
+        })
+        .await;
+    });
+    let took = stopped.elapsed();
+    assert!(took < Duration::from_secs(5), "noticed only after {took:?}");
+    // Nor does anyone find it any more.
+    pool.run_until(async {
+        let announced = discovery.lookup(topic.discovery_key()).await.unwrap();
+        assert_eq!(announced.len(), 1);
+        assert_eq!(announced[0].0, a.key());
     });
 }
