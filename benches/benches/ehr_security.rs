@@ -1,7 +1,8 @@
 //! Criterion benchmarks of ehr-core security: encrypt+write and
 //! read+decrypt of one resource against the plain record (reads in two
 //! records holding the same `EHR_GET_RESOURCES`, default 1,000,
-//! Observations, sealed in one), and key rotation
+//! Observations, sealed in one; `EHR_GET_PAD` bytes longer than 421 if
+//! set), and key rotation
 //! for a record with 20 grantees and `EHR_ROTATION_RESOURCES` (default
 //! 100,000) sealed resources (rotation must not touch history).
 
@@ -26,6 +27,22 @@ fn record() -> Record {
     .expect("record")
 }
 
+/// An Observation of 421 bytes (o1..o9: shorter ids), or padded by `pad`
+/// bytes of note text.
+fn obs_padded(i: u64, pad: usize) -> Vec<u8> {
+    let text = format!(
+        "measured at rest, left arm, seated, after five minutes{}",
+        "x".repeat(pad)
+    );
+    String::from_utf8(obs(i))
+        .expect("utf8")
+        .replace(
+            "measured at rest, left arm, seated, after five minutes",
+            &text,
+        )
+        .into_bytes()
+}
+
 fn obs(i: u64) -> Vec<u8> {
     format!(
         r#"{{"resourceType":"Observation","id":"o{i}","status":"final","subject":{{"reference":"Patient/p"}},"code":{{"coding":[{{"system":"http://loinc.org","code":"8480-6","display":"Systolic blood pressure"}}]}},"effectiveDateTime":"2024-05-01T08:00:00+02:00","valueQuantity":{{"value":120.5,"unit":"mm[Hg]","system":"http://unitsofmeasure.org","code":"mm[Hg]"}},"note":[{{"text":"measured at rest, left arm, seated, after five minutes"}}]}}"#
@@ -33,16 +50,17 @@ fn obs(i: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Imports Observations `from..to`, sealed under `key` if given, 500 per
-/// Bundle.
+/// Imports Observations `from..to` (padded by `EHR_GET_PAD` bytes),
+/// sealed under `key` if given, 500 per Bundle.
 fn fill(record: &Record, from: u64, to: u64, key: Option<&ScopeKey>) {
+    let pad = ehr_benches::env_usize("EHR_GET_PAD", 0);
     let mut i = from;
     while i < to {
         let mut entries = Vec::new();
         for j in i..(i + 500).min(to) {
             let bytes = match key {
-                Some(key) => seal_resource(key, &obs(j), &OsEntropy).expect("seal"),
-                None => obs(j),
+                Some(key) => seal_resource(key, &obs_padded(j, pad), &OsEntropy).expect("seal"),
+                None => obs_padded(j, pad),
             };
             entries.push(format!(
                 "{{\"resource\":{}}}",
@@ -76,11 +94,15 @@ fn put_get(c: &mut Criterion) {
     });
     // Reads: two records holding the same Observations, clear in one and
     // sealed in the other (which also holds its key wrap and audit event).
+    // Mind hyperbee's inline threshold (512 bytes): the 421-byte
+    // Observation's head record is stored inside the tree node in clear,
+    // while its sealed shell is not and costs a block read; with
+    // `EHR_GET_PAD=300` neither is inlined.
     let n = ehr_benches::env_usize("EHR_GET_RESOURCES", 1_000).max(2) as u64;
     let plain = record();
     fill(&plain, 0, n, None);
     let secure = SecureRecord::new(record());
-    block_on(secure.put("default", obs(0))).expect("put");
+    block_on(secure.put("default", obs_padded(0, 0))).expect("put");
     let key = secure.keyring().current("default").expect("key").clone();
     fill(secure.record(), 1, n, Some(&key));
     let id = format!("o{}", n / 2);
