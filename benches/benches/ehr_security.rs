@@ -1,5 +1,8 @@
 //! Criterion benchmarks of ehr-core security: encrypt+write and
-//! read+decrypt of one resource against the plain record, and key rotation
+//! read+decrypt of one resource against the plain record (reads in two
+//! records holding the same `EHR_GET_RESOURCES`, default 1,000,
+//! Observations, sealed in one; `EHR_GET_PAD` bytes longer than 421 if
+//! set), and key rotation
 //! for a record with 20 grantees and `EHR_ROTATION_RESOURCES` (default
 //! 100,000) sealed resources (rotation must not touch history).
 
@@ -8,7 +11,7 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use ehr_core::keys::Identity;
-use ehr_core::scope_crypto::seal_resource;
+use ehr_core::scope_crypto::{seal_resource, Keyring, ScopeKey};
 use ehr_core::{Record, SecureRecord};
 use futures::executor::block_on;
 use hypercore_rs::{MemoryStorage, OsEntropy, SeededEntropy};
@@ -24,11 +27,53 @@ fn record() -> Record {
     .expect("record")
 }
 
+/// An Observation of 421 bytes (o1..o9: shorter ids), or padded by `pad`
+/// bytes of note text.
+fn obs_padded(i: u64, pad: usize) -> Vec<u8> {
+    let text = format!(
+        "measured at rest, left arm, seated, after five minutes{}",
+        "x".repeat(pad)
+    );
+    String::from_utf8(obs(i))
+        .expect("utf8")
+        .replace(
+            "measured at rest, left arm, seated, after five minutes",
+            &text,
+        )
+        .into_bytes()
+}
+
 fn obs(i: u64) -> Vec<u8> {
     format!(
         r#"{{"resourceType":"Observation","id":"o{i}","status":"final","subject":{{"reference":"Patient/p"}},"code":{{"coding":[{{"system":"http://loinc.org","code":"8480-6","display":"Systolic blood pressure"}}]}},"effectiveDateTime":"2024-05-01T08:00:00+02:00","valueQuantity":{{"value":120.5,"unit":"mm[Hg]","system":"http://unitsofmeasure.org","code":"mm[Hg]"}},"note":[{{"text":"measured at rest, left arm, seated, after five minutes"}}]}}"#
     )
     .into_bytes()
+}
+
+/// Imports Observations `from..to` (padded by `EHR_GET_PAD` bytes),
+/// sealed under `key` if given, 500 per Bundle.
+fn fill(record: &Record, from: u64, to: u64, key: Option<&ScopeKey>) {
+    let pad = ehr_benches::env_usize("EHR_GET_PAD", 0);
+    let mut i = from;
+    while i < to {
+        let mut entries = Vec::new();
+        for j in i..(i + 500).min(to) {
+            let bytes = match key {
+                Some(key) => seal_resource(key, &obs_padded(j, pad), &OsEntropy).expect("seal"),
+                None => obs_padded(j, pad),
+            };
+            entries.push(format!(
+                "{{\"resource\":{}}}",
+                String::from_utf8(bytes).expect("utf8")
+            ));
+        }
+        let bundle = format!(
+            "{{\"resourceType\":\"Bundle\",\"type\":\"collection\",\"entry\":[{}]}}",
+            entries.join(",")
+        );
+        block_on(record.import_bundle(bundle.as_bytes())).expect("fill");
+        i += 500;
+    }
 }
 
 fn put_get(c: &mut Criterion) {
@@ -40,48 +85,80 @@ fn put_get(c: &mut Criterion) {
     g.bench_function("put/plain", |b| {
         b.iter(|| block_on(plain.put(obs(n.fetch_add(1, Ordering::Relaxed)))).expect("put"))
     });
-    let secure = SecureRecord::new(record());
-    // The resource the get benchmarks read, even when the puts are filtered out.
-    block_on(plain.put(obs(1))).expect("put");
-    block_on(secure.put("default", obs(1))).expect("put");
+    let sealing = SecureRecord::new(record());
     let m = AtomicU64::new(0);
     g.bench_function("put/sealed", |b| {
         b.iter(|| {
-            block_on(secure.put("default", obs(m.fetch_add(1, Ordering::Relaxed)))).expect("put")
+            block_on(sealing.put("default", obs(m.fetch_add(1, Ordering::Relaxed)))).expect("put")
         })
     });
+    // Reads: two records holding the same Observations, clear in one and
+    // sealed in the other (which also holds its key wrap and audit event).
+    // Mind hyperbee's inline threshold (512 bytes): the 421-byte
+    // Observation's head record is stored inside the tree node in clear,
+    // while its sealed shell is not and costs a block read; with
+    // `EHR_GET_PAD=300` neither is inlined.
+    let n = ehr_benches::env_usize("EHR_GET_RESOURCES", 1_000).max(2) as u64;
+    let plain = record();
+    fill(&plain, 0, n, None);
+    let secure = SecureRecord::new(record());
+    block_on(secure.put("default", obs_padded(0, 0))).expect("put");
+    let key = secure.keyring().current("default").expect("key").clone();
+    fill(secure.record(), 1, n, Some(&key));
+    let id = format!("o{}", n / 2);
     g.bench_function("get/plain", |b| {
         b.iter(|| {
-            block_on(plain.get("Observation", "o1"))
+            block_on(plain.get("Observation", &id))
                 .expect("get")
                 .expect("present")
         })
     });
     g.bench_function("get/sealed", |b| {
         b.iter(|| {
-            block_on(secure.get("Observation", "o1"))
+            block_on(secure.get("Observation", &id))
                 .expect("get")
                 .expect("present")
         })
     });
-    // The first read of a shell (no cache of opened shells): probe, base64,
-    // XSalsa20-Poly1305 and the binding check on the stored bytes.
-    let shell = block_on(secure.record().get("Observation", "o1"))
+    // A first read: the cache of opened shells is emptied before each
+    // (adding no keys empties it), so every read finds, decodes and
+    // decrypts the shell.
+    g.bench_function("get/sealed-uncached", |b| {
+        b.iter(|| {
+            secure.add_keys(Keyring::new());
+            block_on(secure.get("Observation", &id))
+                .expect("get")
+                .expect("present")
+        })
+    });
+    // The same lookup in the sealed record without opening, to tell the
+    // cost of opening from the cost of the lookup itself.
+    g.bench_function("get/sealed-shell-only", |b| {
+        b.iter(|| {
+            block_on(secure.record().get("Observation", &id))
+                .expect("get")
+                .expect("present")
+        })
+    });
+    // Opening stored bytes without knowing where they were read from
+    // (`open_stored`: parses the shell to learn its type and id).
+    let shell = block_on(secure.record().get("Observation", &id))
         .expect("get")
         .and_then(|v| v.resource)
         .expect("present");
-    // The same lookup in the sealed record without opening (its view holds
-    // more than the plain one: key wraps, audit events), to tell the cost
-    // of opening from the cost of the lookup itself.
-    g.bench_function("get/sealed-shell-only", |b| {
-        b.iter(|| {
-            block_on(secure.record().get("Observation", "o1"))
-                .expect("get")
-                .expect("present")
-        })
-    });
     g.bench_function("open/sealed-uncached", |b| {
         b.iter(|| block_on(secure.open_stored(&shell)).expect("open"))
+    });
+    let ring = secure.keyring();
+    let v1ct = key.encrypt(&obs(1), &OsEntropy).expect("enc");
+    g.bench_function("crypto/v1-decrypt", |b| {
+        b.iter(|| key.decrypt(&v1ct).expect("dec"))
+    });
+    g.bench_function("open/sealed-at", |b| {
+        b.iter(|| {
+            ehr_core::scope_crypto::open_resource_at(&ring, "Observation", &id, &shell)
+                .expect("open")
+        })
     });
     g.finish();
 }
@@ -92,23 +169,7 @@ fn rotation(c: &mut Criterion) {
     block_on(secure.put("default", obs(0))).expect("first");
     let key = secure.keyring().current("default").expect("key").clone();
     let t = std::time::Instant::now();
-    let mut i = 1;
-    while i < n {
-        let mut entries = Vec::new();
-        for j in i..(i + 500).min(n) {
-            let shell = seal_resource(&key, &obs(j), &OsEntropy).expect("seal");
-            entries.push(format!(
-                "{{\"resource\":{}}}",
-                String::from_utf8(shell).expect("utf8")
-            ));
-        }
-        let bundle = format!(
-            "{{\"resourceType\":\"Bundle\",\"type\":\"collection\",\"entry\":[{}]}}",
-            entries.join(",")
-        );
-        block_on(secure.record().import_bundle(bundle.as_bytes())).expect("fill");
-        i += 500;
-    }
+    fill(secure.record(), 1, n, Some(&key));
     eprintln!(
         "filled {n} sealed resources in {:.1} s",
         t.elapsed().as_secs_f64()

@@ -103,6 +103,14 @@ pub enum InviteError {
     /// The invite is for another record than the one redeeming it.
     #[error("the invite is for another record")]
     WrongRecord,
+    /// Too many strangers are already waiting on the invite channel
+    /// ([`crate::InviteGate`]): refused before anything was read.
+    #[error("too many invite redemptions pending: try again later")]
+    Busy,
+    /// The peer sent no redemption within the time allowed
+    /// ([`crate::InviteGate`]).
+    #[error("no invite redemption arrived in time")]
+    TimedOut,
 }
 
 /// An invite as handed to a provider (see the module docs).

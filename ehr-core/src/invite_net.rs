@@ -25,9 +25,13 @@
 //! and trusts a peer only once it answers with a valid acceptance proof,
 //! which only a holder of the invite can make.
 //!
-//! At most [`MAX_PENDING_REDEMPTIONS`] connections wait for a first message
-//! at once; more strangers are dropped (the limit keeps a flood of idle
-//! connections from costing memory; members are never limited).
+//! Strangers are limited by an [`InviteGate`] shared by every connection a
+//! device serves: at most [`MAX_PENDING_REDEMPTIONS`] wait for their first
+//! message at once (more are refused at once, [`InviteError::Busy`]), and
+//! each gets [`DEFAULT_REDEMPTION_TIMEOUT`] to send it (then it is closed,
+//! [`InviteError::TimedOut`]). The limits keep a flood of idle connections
+//! from costing memory or locking out real redeemers; members are never
+//! limited. Time comes from an injected [`hypercore_rs::Clock`].
 
 use crate::apply::Rejection;
 use crate::error::Error;
@@ -36,12 +40,14 @@ use crate::op::WriterKey;
 use crate::secure::SecureRecord;
 use crate::sync::{drive, run_sessions, SyncHandle};
 use futures::channel::oneshot;
-use futures::{Sink, SinkExt, Stream, StreamExt};
+use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 use swarm_rs::{Discovery, JoinMode, PeerConnection, SwarmBuilder, Transport};
 
 /// The first bytes of every message on the invite channel: a peer that is
@@ -49,8 +55,109 @@ use swarm_rs::{Discovery, JoinMode, PeerConnection, SwarmBuilder, Transport};
 pub const INVITE_CHANNEL: &[u8] = b"ehr-core invite channel v1\n";
 
 /// How many connections from strangers may wait for their first message
-/// at once.
+/// at once (the default of [`InviteGate`]).
 pub const MAX_PENDING_REDEMPTIONS: usize = 8;
+
+/// How long a stranger may take to send its redemption (the default of
+/// [`InviteGate`]).
+pub const DEFAULT_REDEMPTION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The limits on strangers waiting on the invite channel: how many may
+/// wait for their first message at once, and for how long. Clones share
+/// one count, so give every connection a device serves the same gate
+/// ([`SecureRecord::with_invite_gate`]; [`SecureRecord::sync_with_invites`]
+/// uses the record's own).
+#[derive(Clone)]
+pub struct InviteGate {
+    max_pending: usize,
+    timeout: Duration,
+    clock: Arc<dyn hypercore_rs::Clock>,
+    pending: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for InviteGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InviteGate")
+            .field("max_pending", &self.max_pending)
+            .field("timeout", &self.timeout)
+            .field("pending", &self.pending())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for InviteGate {
+    fn default() -> InviteGate {
+        InviteGate::new(Arc::new(hypercore_rs::ThreadClock))
+    }
+}
+
+impl InviteGate {
+    /// A gate with the default limits ([`MAX_PENDING_REDEMPTIONS`],
+    /// [`DEFAULT_REDEMPTION_TIMEOUT`]) and timers from `clock`.
+    pub fn new(clock: Arc<dyn hypercore_rs::Clock>) -> InviteGate {
+        InviteGate {
+            max_pending: MAX_PENDING_REDEMPTIONS,
+            timeout: DEFAULT_REDEMPTION_TIMEOUT,
+            clock,
+            pending: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Sets how long a stranger may take to send its redemption.
+    pub fn timeout(mut self, timeout: Duration) -> InviteGate {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets how many strangers may wait at once (at least one).
+    pub fn max_pending(mut self, max: usize) -> InviteGate {
+        self.max_pending = max.max(1);
+        self
+    }
+
+    /// How many strangers are waiting for their first message now.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::SeqCst)
+    }
+
+    /// Whether a stranger arriving now would be refused.
+    pub fn is_full(&self) -> bool {
+        self.pending() >= self.max_pending
+    }
+
+    /// Takes a waiting slot, if one is free; it is given back when the
+    /// slot is dropped.
+    fn enter(&self) -> Option<Slot> {
+        self.pending
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.max_pending).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Slot(self.pending.clone()))
+    }
+
+    /// The first message on `io`, or [`InviteError::TimedOut`].
+    async fn first_message<IO>(&self, io: &mut IO) -> Result<Option<Vec<u8>>, InviteError>
+    where
+        IO: Stream<Item = std::io::Result<Vec<u8>>> + Unpin,
+    {
+        let sleep = self.clock.sleep(self.timeout);
+        match futures::future::select(io.next(), sleep).await {
+            futures::future::Either::Left((Some(Ok(m)), _)) => Ok(Some(m)),
+            futures::future::Either::Left(_) => Ok(None),
+            futures::future::Either::Right(_) => Err(InviteError::TimedOut),
+        }
+    }
+}
+
+/// A stranger's place in an [`InviteGate`].
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// The view key recording which writer redeemed an invite first.
 pub(crate) fn redemption_key(id: &[u8; 16]) -> Vec<u8> {
@@ -67,6 +174,17 @@ pub(crate) fn taken(id: &[u8; 16], first: &[u8], writer: &WriterKey) -> Rejectio
         first: crate::view::hex(first),
         writer: crate::view::hex(writer),
     }
+}
+
+/// The writers (hex) whose invite grants lost to an earlier redemption.
+fn lost_redemptions(rejected: Vec<crate::record::RejectedWrite>) -> BTreeSet<String> {
+    rejected
+        .into_iter()
+        .filter_map(|r| match r.rejection {
+            Rejection::InviteTaken { writer, .. } => Some(writer),
+            _ => None,
+        })
+        .collect()
 }
 
 /// 32 hex digits to 16 bytes.
@@ -151,17 +269,71 @@ impl SecureRecord {
     /// recalled). Owner devices only; idempotent (a device that no longer
     /// holds a current key causes no rotation). Returns the rotation, if
     /// any.
+    ///
+    /// A device serving invites with [`SecureRecord::sync_with_invites`]
+    /// does this by itself for the redemptions it answered (see
+    /// [`SecureRecord::rotate_lost_redemptions_on_update`]).
     pub async fn rotate_lost_redemptions(&self) -> Result<Option<crate::Rotation>, Error> {
-        let losers: std::collections::BTreeSet<String> = self
-            .record()
-            .rejected()
-            .await?
-            .into_iter()
-            .filter_map(|r| match r.rejection {
-                Rejection::InviteTaken { writer, .. } => Some(writer),
-                _ => None,
-            })
-            .collect();
+        let losers = lost_redemptions(self.record().rejected().await?);
+        self.rotate_losers(&losers).await
+    }
+
+    /// [`SecureRecord::rotate_lost_redemptions`] for the redemptions this
+    /// device answered (its own invite grants rejected as
+    /// [`Rejection::InviteTaken`]: a scan of its own rejections only),
+    /// each loser once per process: a loser already handled costs nothing.
+    /// After a restart the first call finds nothing left to rotate. Only
+    /// rejections in the indexed (final) part of the view count: in the
+    /// optimistic tail the order of the two grants can still flip, and
+    /// rotating then could cut off the redeemer that ends up winning.
+    pub async fn rotate_own_lost_redemptions(&self) -> Result<Option<crate::Rotation>, Error> {
+        let mine = self.record().writer_key();
+        let losers = lost_redemptions(self.record().final_rejected_of(&mine).await?);
+        let new: BTreeSet<String> = {
+            let done = self
+                .lost_rotated
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            losers.difference(&done).cloned().collect()
+        };
+        if new.is_empty() {
+            return Ok(None);
+        }
+        let rotation = self.rotate_losers(&new).await?;
+        self.lost_rotated
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(new);
+        Ok(rotation)
+    }
+
+    /// Runs [`SecureRecord::rotate_own_lost_redemptions`] after every
+    /// change of the record's view (a burst of changes is one check) until
+    /// the record goes away: a patient device that learns, after syncing
+    /// with its other devices, that an invite redemption it answered lost
+    /// the race rotates the keys it had sent to the loser without the app
+    /// doing anything. [`SecureRecord::sync_with_invites`] runs it; spawn
+    /// it when serving invites with [`SecureRecord::admit`] directly.
+    /// Failures are retried at the next change.
+    pub fn rotate_lost_redemptions_on_update(
+        self: Arc<Self>,
+    ) -> impl Future<Output = ()> + 'static {
+        // Subscribed now, so no change after this call is missed.
+        let mut events = self.record().base().events();
+        async move {
+            let _ = self.rotate_own_lost_redemptions().await;
+            while events.next().await.is_some() {
+                while let Some(Some(_)) = events.next().now_or_never() {}
+                let _ = self.rotate_own_lost_redemptions().await;
+            }
+        }
+    }
+
+    /// Rotates every scope the devices of the writers `losers` (hex) hold.
+    async fn rotate_losers(
+        &self,
+        losers: &BTreeSet<String>,
+    ) -> Result<Option<crate::Rotation>, Error> {
         if losers.is_empty() {
             return Ok(None);
         }
@@ -184,6 +356,12 @@ impl SecureRecord {
     /// is answered here. Reads at most one message and writes at most one.
     /// Replicate over `io` afterwards only if
     /// [`InviteServing::replicates`].
+    ///
+    /// A stranger takes a slot of this record's [`InviteGate`] while it is
+    /// answered: when all are taken it is refused at once
+    /// ([`InviteError::Busy`]), and if it sends nothing within the gate's
+    /// timeout, [`InviteError::TimedOut`]. Either way nothing was sent:
+    /// close the connection.
     pub async fn admit<IO>(
         &self,
         io: &mut IO,
@@ -197,9 +375,10 @@ impl SecureRecord {
         if self.record().allows_peer(&remote) {
             return Ok(InviteServing::Member);
         }
-        let first = match io.next().await {
-            Some(Ok(m)) => m,
-            _ => return Ok(InviteServing::NotAnInvite),
+        let gate = self.invite_gate();
+        let _slot = gate.enter().ok_or(InviteError::Busy)?;
+        let Some(first) = gate.first_message(io).await? else {
+            return Ok(InviteServing::NotAnInvite);
         };
         let Some(request) = first.strip_prefix(INVITE_CHANNEL) else {
             return Ok(InviteServing::NotAnInvite);
@@ -316,34 +495,33 @@ impl SecureRecord {
         swarm
             .join(&topic, JoinMode::BOTH)
             .map_err(|e| Error::Storage(format!("swarm stopped: {e}")))?;
-        let pending = Arc::new(AtomicUsize::new(0));
+        let watch = self.clone().rotate_lost_redemptions_on_update();
         let work = async move {
             let serve = async {
-                run_sessions(connections, |conn| {
+                let sessions = run_sessions(connections, |conn| {
                     let remote = conn.remote_public_key().to_bytes();
                     let member = self.record().allows_peer(&remote);
-                    if !member && pending.load(Ordering::SeqCst) >= MAX_PENDING_REDEMPTIONS {
+                    // A stranger beyond the gate's limit is dropped here
+                    // (admit would refuse it too).
+                    if !member && self.invite_gate().is_full() {
                         return None;
                     }
                     let me = self.clone();
-                    let pending = pending.clone();
                     Some(async move {
                         let hh = conn.handshake_hash();
                         let initiator = conn.is_initiator();
                         let mut conn = conn;
-                        if !member {
-                            pending.fetch_add(1, Ordering::SeqCst);
-                        }
                         let admitted = me.admit(&mut conn, remote, hh.as_bytes()).await;
-                        if !member {
-                            pending.fetch_sub(1, Ordering::SeqCst);
-                        }
                         if matches!(&admitted, Ok(a) if a.replicates()) {
                             let _ = me.record().replicate(conn, initiator).await;
                         }
                     })
-                })
-                .await;
+                });
+                // Beside the sessions: rotate keys away from lost
+                // redemptions as soon as the view shows them.
+                futures::pin_mut!(sessions);
+                futures::pin_mut!(watch);
+                futures::future::select(sessions, watch).await;
                 Ok(())
             };
             drive(driver, serve).await

@@ -218,45 +218,72 @@ pub(crate) fn b64_encode(data: &[u8]) -> String {
     out
 }
 
+/// The value of each base64 character, 0xFF for anything else.
+const B64_VALUES: [u8; 256] = {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut v = [0xFFu8; 256];
+    let mut i = 0;
+    while i < 64 {
+        v[T[i] as usize] = i as u8;
+        i += 1;
+    }
+    v
+};
+
 /// Decodes [`b64_encode`]'s output; `None` for anything else (strict:
 /// padding required, no whitespace, no non-canonical trailing bits).
 pub(crate) fn b64_decode(text: &str) -> Option<Vec<u8>> {
-    let s = text.as_bytes();
+    let mut out = Vec::new();
+    b64_decode_into(text.as_bytes(), &mut out)?;
+    Some(out)
+}
+
+/// [`b64_decode`], appending to `out` (a table per character, one
+/// allocation at most). On `None`, `out` may hold partial output.
+pub(crate) fn b64_decode_into(s: &[u8], out: &mut Vec<u8>) -> Option<()> {
     if !s.len().is_multiple_of(4) {
         return None;
     }
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
+    let Some(last) = s.len().checked_sub(4) else {
+        return Some(());
     };
-    let mut out = Vec::with_capacity(s.len() / 4 * 3);
-    let quads = s.len() / 4;
-    for (i, q) in s.chunks(4).enumerate() {
-        let last = i + 1 == quads;
-        let pad = q.iter().rev().take_while(|&&c| c == b'=').count();
-        if pad > 2 || (pad > 0 && !last) {
-            return None;
-        }
+    let at = out.len();
+    out.resize(at + s.len() / 4 * 3, 0);
+    let dst = out.get_mut(at..)?;
+    let quad = |q: &[u8]| -> Option<u32> {
         let mut n = 0u32;
-        for (j, &c) in q.iter().enumerate() {
-            let v = if j >= 4 - pad { 0 } else { val(c)? };
-            n = (n << 6) | v;
+        let mut bad = 0u8;
+        for &c in q {
+            let v = B64_VALUES[usize::from(c)];
+            bad |= v;
+            n = (n << 6) | u32::from(v & 63);
         }
-        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        let keep = 3 - pad;
-        // Canonical: the bits dropped by padding must be zero.
-        if bytes[keep..].iter().any(|&b| b != 0) {
-            return None;
-        }
-        out.extend_from_slice(&bytes[..keep]);
+        // Every valid value is below 64: a 0xFF anywhere sets bit 7.
+        (bad & 0x80 == 0).then_some(n)
+    };
+    for (q, d) in s[..last].chunks_exact(4).zip(dst.chunks_exact_mut(3)) {
+        let n = quad(q)?;
+        d.copy_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8]);
     }
-    Some(out)
+    // The last quad may end in one or two `=`.
+    let q = &s[last..];
+    let pad = q.iter().rev().take_while(|&&c| c == b'=').count();
+    if pad > 2 {
+        return None;
+    }
+    let mut full = [b'A'; 4];
+    full[..4 - pad].copy_from_slice(&q[..4 - pad]);
+    let n = quad(&full)?;
+    let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+    let keep = 3 - pad;
+    // Canonical: the bits dropped by padding must be zero.
+    if bytes[keep..].iter().any(|&b| b != 0) {
+        return None;
+    }
+    let d = dst.get_mut(last / 4 * 3..)?;
+    d.copy_from_slice(&bytes);
+    out.truncate(at + last / 4 * 3 + keep);
+    Some(())
 }
 
 #[cfg(test)]

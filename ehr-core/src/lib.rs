@@ -77,7 +77,10 @@ pub use attachment::{Attachment, ATTACHMENT_SCHEME};
 pub use consent::{Grant, Role, Scope};
 pub use error::Error;
 pub use invite::{Invite, InviteError, Redemption};
-pub use invite_net::{InviteServing, Redeemed, INVITE_CHANNEL, MAX_PENDING_REDEMPTIONS};
+pub use invite_net::{
+    InviteGate, InviteServing, Redeemed, DEFAULT_REDEMPTION_TIMEOUT, INVITE_CHANNEL,
+    MAX_PENDING_REDEMPTIONS,
+};
 pub use record::{
     Clock, Cursor, Head, Imported, ManualClock, Page, Query, Record, RecordBuilder, RejectedWrite,
     Summary, SystemClock, Version, Written, VIEW_NAME,

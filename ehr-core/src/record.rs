@@ -1301,34 +1301,58 @@ impl Record {
 
     /// Every write the record refused, by writer and position.
     pub async fn rejected(&self) -> Result<Vec<RejectedWrite>, Error> {
-        let entries = self
-            .snapshot()
-            .await?
-            .range(Range::all().prefix(view::REJECTED))
-            .collect()
-            .await?;
-        let mut out = Vec::with_capacity(entries.len());
-        for e in entries {
-            let k = &e.key[view::REJECTED.len()..];
-            let writer = k.get(..32).and_then(|w| <[u8; 32]>::try_from(w).ok());
-            let seq = k
-                .get(32..40)
-                .and_then(|s| <[u8; 8]>::try_from(s).ok())
-                .map(u64::from_be_bytes);
-            let rec: Option<RejectedRec> = decode(&e.value);
-            match (writer, seq, rec) {
-                (Some(writer), Some(seq), Some(rec)) => out.push(RejectedWrite {
-                    writer,
-                    seq,
-                    time: rec.time,
-                    rejection: rec.rejection,
-                }),
-                _ => return Err(corrupt(&e.key)),
-            }
-        }
-        Ok(out)
+        self.rejected_under(view::REJECTED.to_vec()).await
     }
 
+    /// The rejected writes of one writer (a prefix scan of its own) in the
+    /// indexed (final) part of the view only: the optimistic tail can still
+    /// be reordered, and a rejection there undone.
+    pub(crate) async fn final_rejected_of(
+        &self,
+        writer: &WriterKey,
+    ) -> Result<Vec<RejectedWrite>, Error> {
+        let base = &self.inner.base;
+        let version = base
+            .view_indexed_version(VIEW_NAME)
+            .await
+            .map_err(base_err)?;
+        let snap = base.checkout(VIEW_NAME, version).await.map_err(base_err)?;
+        let mut prefix = view::REJECTED.to_vec();
+        prefix.extend_from_slice(writer);
+        rejected_in(&snap, &prefix).await
+    }
+
+    async fn rejected_under(&self, prefix: Vec<u8>) -> Result<Vec<RejectedWrite>, Error> {
+        rejected_in(&self.snapshot().await?, &prefix).await
+    }
+}
+
+/// The rejected writes under `prefix` (a prefix of `j/`) in `snap`.
+async fn rejected_in(snap: &Snapshot, prefix: &[u8]) -> Result<Vec<RejectedWrite>, Error> {
+    let entries = snap.range(Range::all().prefix(prefix)).collect().await?;
+    let mut out = Vec::with_capacity(entries.len());
+    for e in entries {
+        let k = &e.key[view::REJECTED.len()..];
+        let writer = k.get(..32).and_then(|w| <[u8; 32]>::try_from(w).ok());
+        let seq = k
+            .get(32..40)
+            .and_then(|s| <[u8; 8]>::try_from(s).ok())
+            .map(u64::from_be_bytes);
+        let rec: Option<RejectedRec> = decode(&e.value);
+        match (writer, seq, rec) {
+            (Some(writer), Some(seq), Some(rec)) => out.push(RejectedWrite {
+                writer,
+                seq,
+                time: rec.time,
+                rejection: rec.rejection,
+            }),
+            _ => return Err(corrupt(&e.key)),
+        }
+    }
+    Ok(out)
+}
+
+impl Record {
     /// The view's version (grows with every applied op).
     pub async fn view_version(&self) -> Result<u64, Error> {
         Ok(self.snapshot().await?.version())

@@ -20,15 +20,26 @@
 //! | `code` / `vaccineCode` / `medicationCodeableConcept` | *blinded*: a keyed BLAKE3 of `system|code` under the scope key, so only key holders can search by code, and tokens differ between scopes and epochs |
 //! | everything else (values, notes, names, references, status) | encrypted only |
 //!
+//! The sealed extension's `valueString` is `v2.<scope>.<epoch>.<base64>`,
+//! the base64 holding a 24-byte nonce, the ciphertext and a 16-byte tag of
+//! XChaCha20-Poly1305 under a key derived from the scope key, with the
+//! resource's type and id as associated data: a ciphertext copied into
+//! another resource fails authentication, so opening needs no parse of the
+//! plaintext, and decrypts in place. Shells written before (`v1.`:
+//! XSalsa20-Poly1305 under the scope key itself, bound by comparing the
+//! plaintext's `resourceType` and `id` with the shell's) still open.
+//!
 //! Nonces are synthetic: BLAKE3, keyed with a key derived from the scope
-//! key, over 16 fresh random bytes and the plaintext. They are unique under
-//! one key as long as either the randomness or the plaintext differs, so a
-//! broken random source repeats a nonce only for identical messages (which
-//! then encrypt identically: equality is all that leaks).
+//! key, over 16 fresh random bytes, the associated data and the plaintext.
+//! They are unique under one key as long as either the randomness or the
+//! message differs, so a broken random source repeats a nonce only for
+//! identical messages (which then encrypt identically: equality is all that
+//! leaks).
 
 use crate::fhir::{FhirError, Resource};
-use crate::keys::{b64_decode, b64_encode, random, KeyError};
-use crypto_secretbox::aead::{Aead, KeyInit};
+use crate::keys::{b64_decode, b64_decode_into, b64_encode, random, KeyError};
+use chacha20poly1305::XChaCha20Poly1305;
+use crypto_secretbox::aead::{Aead, AeadInPlace, KeyInit};
 use crypto_secretbox::XSalsa20Poly1305;
 use hypercore_rs::Entropy;
 use serde::{Deserialize, Serialize};
@@ -54,6 +65,8 @@ pub const EMERGENCY_TYPES: &[&str] = &[
 ];
 
 const NONCE_DOMAIN: &str = "ehr-core 2026 scope nonce v1";
+const NONCE_V2_DOMAIN: &str = "ehr-core 2026 scope nonce v2";
+const SEAL_V2_DOMAIN: &str = "ehr-core 2026 sealed resource v2";
 const BLIND_DOMAIN: &str = "ehr-core 2026 blind index v1";
 
 /// What sealing or opening a resource can fail with.
@@ -104,11 +117,32 @@ pub fn check_scope(name: &str) -> Result<(), SealError> {
 }
 
 /// One epoch of one scope's content key.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct ScopeKey {
     scope: String,
     epoch: u32,
     key: [u8; 32],
+    /// The key of sealed resources (v2), derived from `key` on first use
+    /// (never stored: it follows from `key`).
+    #[serde(skip)]
+    sealing: std::sync::OnceLock<[u8; 32]>,
+}
+
+impl PartialEq for ScopeKey {
+    fn eq(&self, other: &ScopeKey) -> bool {
+        self.scope == other.scope && self.epoch == other.epoch && self.key == other.key
+    }
+}
+
+impl Eq for ScopeKey {}
+
+/// The associated data of a sealed resource: its type and id.
+fn binding(resource_type: &str, id: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(resource_type.len() + id.len() + 1);
+    aad.extend_from_slice(resource_type.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(id.as_bytes());
+    aad
 }
 
 impl std::fmt::Debug for ScopeKey {
@@ -128,6 +162,7 @@ impl ScopeKey {
             scope: scope.to_owned(),
             epoch,
             key: random(entropy)?,
+            sealing: std::sync::OnceLock::new(),
         })
     }
 
@@ -187,6 +222,67 @@ impl ScopeKey {
         Ok(XSalsa20Poly1305::new(&self.key.into())
             .decrypt(&n.into(), ct)
             .map_err(|_| KeyError::Decrypt)?)
+    }
+
+    fn sealing_key(&self) -> &[u8; 32] {
+        self.sealing
+            .get_or_init(|| blake3::derive_key(SEAL_V2_DOMAIN, &self.key))
+    }
+
+    /// Encrypts a resource's bytes for a v2 sealed shell: the 24-byte
+    /// synthetic nonce, the ciphertext and the tag, with `resource_type`
+    /// and `id` as associated data.
+    fn seal_v2(
+        &self,
+        resource_type: &str,
+        id: &str,
+        plaintext: &[u8],
+        entropy: &dyn Entropy,
+    ) -> Result<Vec<u8>, SealError> {
+        let salt: [u8; 16] = random(entropy)?;
+        let aad = binding(resource_type, id);
+        let nk = blake3::derive_key(NONCE_V2_DOMAIN, &self.key);
+        let mut h = blake3::Hasher::new_keyed(&nk);
+        h.update(&salt);
+        h.update(&(aad.len() as u64).to_le_bytes());
+        h.update(&aad);
+        h.update(plaintext);
+        let mut nonce = [0u8; 24];
+        h.finalize_xof().fill(&mut nonce);
+        let mut out = Vec::with_capacity(24 + plaintext.len() + 16);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(plaintext);
+        let tag = XChaCha20Poly1305::new(self.sealing_key().into())
+            .encrypt_in_place_detached(&nonce.into(), &aad, out.get_mut(24..).unwrap_or_default())
+            .map_err(|_| KeyError::Decrypt)?;
+        out.extend_from_slice(&tag);
+        Ok(out)
+    }
+
+    /// Opens a v2 sealed resource from the base64 text of its envelope,
+    /// decrypting in place: one buffer, no copy of the plaintext.
+    fn open_v2(&self, resource_type: &str, id: &str, text: &[u8]) -> Result<Vec<u8>, SealError> {
+        // 24 bytes are exactly 32 base64 characters without padding, so
+        // the nonce and the rest decode separately.
+        let (n, rest) = text.split_at_checked(32).ok_or(SealError::Malformed)?;
+        let mut nonce = Vec::with_capacity(24);
+        b64_decode_into(n, &mut nonce).ok_or(SealError::Malformed)?;
+        let nonce: [u8; 24] = nonce.try_into().map_err(|_| SealError::Malformed)?;
+        let mut buf = Vec::new();
+        b64_decode_into(rest, &mut buf).ok_or(SealError::Malformed)?;
+        let at = buf.len().checked_sub(16).ok_or(KeyError::Decrypt)?;
+        let mut tag = [0u8; 16];
+        tag.copy_from_slice(buf.get(at..).unwrap_or_default());
+        buf.truncate(at);
+        XChaCha20Poly1305::new(self.sealing_key().into())
+            .decrypt_in_place_detached(
+                &nonce.into(),
+                &binding(resource_type, id),
+                &mut buf,
+                &tag.into(),
+            )
+            .map_err(|_| KeyError::Decrypt)?;
+        Ok(buf)
     }
 
     /// The blinded form of a `system|code` token under this key (32 hex
@@ -328,8 +424,8 @@ pub fn seal_resource(
             .collect();
         shell.insert("code".into(), serde_json::json!({ "coding": codings }));
     }
-    let ct = key.encrypt(json, entropy)?;
-    let sealed = format!("v1.{}.{}.{}", key.scope, key.epoch, b64_encode(&ct));
+    let ct = key.seal_v2(&info.resource_type, &id, json, entropy)?;
+    let sealed = format!("v2.{}.{}.{}", key.scope, key.epoch, b64_encode(&ct));
     shell.insert(
         "extension".into(),
         serde_json::json!([{ "url": SEALED_URL, "valueString": sealed }]),
@@ -355,7 +451,46 @@ struct ExtProbe<'a> {
     value: Option<std::borrow::Cow<'a, str>>,
 }
 
-fn parse_sealed(stored: &[u8]) -> Result<(String, String, SealedInfo, Vec<u8>), SealError> {
+/// A sealed extension's value, `v<n>.<scope>.<epoch>.<base64>`, split.
+struct Envelope<'a> {
+    v2: bool,
+    scope: &'a str,
+    epoch: u32,
+    data: &'a str,
+}
+
+fn envelope(value: &str) -> Result<Envelope<'_>, SealError> {
+    let mut parts = value.splitn(4, '.');
+    let (Some(version), Some(scope), Some(epoch), Some(data)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(SealError::Malformed);
+    };
+    let v2 = match version {
+        "v1" => false,
+        "v2" => true,
+        _ => return Err(SealError::Malformed),
+    };
+    check_scope(scope).map_err(|_| SealError::Malformed)?;
+    let epoch: u32 = epoch.parse().map_err(|_| SealError::Malformed)?;
+    Ok(Envelope {
+        v2,
+        scope,
+        epoch,
+        data,
+    })
+}
+
+/// A stored shell's names, key and envelope (owned).
+struct Parsed {
+    resource_type: String,
+    id: String,
+    info: SealedInfo,
+    v2: bool,
+    data: String,
+}
+
+fn parse_sealed(stored: &[u8]) -> Result<Parsed, SealError> {
     let p: ShellProbe<'_> = serde_json::from_slice(stored).map_err(|_| SealError::NotSealed)?;
     let ext = p
         .extension
@@ -363,45 +498,47 @@ fn parse_sealed(stored: &[u8]) -> Result<(String, String, SealedInfo, Vec<u8>), 
         .find(|e| e.url == SEALED_URL)
         .ok_or(SealError::NotSealed)?;
     let v = ext.value.as_deref().ok_or(SealError::Malformed)?;
-    let mut parts = v.splitn(4, '.');
-    let (Some("v1"), Some(scope), Some(epoch), Some(ct)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(SealError::Malformed);
-    };
-    check_scope(scope).map_err(|_| SealError::Malformed)?;
-    let epoch: u32 = epoch.parse().map_err(|_| SealError::Malformed)?;
-    let ct = b64_decode(ct).ok_or(SealError::Malformed)?;
-    Ok((
-        p.resource_type,
-        p.id,
-        SealedInfo {
-            scope: scope.to_owned(),
-            epoch,
+    let e = envelope(v)?;
+    Ok(Parsed {
+        info: SealedInfo {
+            scope: e.scope.to_owned(),
+            epoch: e.epoch,
         },
-        ct,
-    ))
+        v2: e.v2,
+        data: e.data.to_owned(),
+        resource_type: p.resource_type,
+        id: p.id,
+    })
 }
 
 /// The scope and epoch of a stored sealed shell, or `None` if it is not
 /// one (a resource written in clear).
 pub fn sealed_info(stored: &[u8]) -> Option<SealedInfo> {
-    parse_sealed(stored).ok().map(|(_, _, i, _)| i)
+    let p = parse_sealed(stored).ok()?;
+    b64_decode(&p.data)?;
+    Some(p.info)
+}
+
+fn key_for<'k>(keyring: &'k Keyring, scope: &str, epoch: u32) -> Result<&'k ScopeKey, SealError> {
+    keyring.get(scope, epoch).ok_or_else(|| SealError::NoKey {
+        scope: scope.to_owned(),
+        epoch,
+    })
 }
 
 /// Decrypts a sealed shell with the matching key from `keyring`, checking
-/// that the plaintext is the resource the shell names. Returns the original
-/// JSON bytes exactly as written.
+/// that the ciphertext belongs to the resource the shell names. Returns
+/// the original JSON bytes exactly as written.
 pub fn open_resource(keyring: &Keyring, stored: &[u8]) -> Result<Vec<u8>, SealError> {
-    let (ty, id, info, ct) = parse_sealed(stored)?;
-    let key = keyring
-        .get(&info.scope, info.epoch)
-        .ok_or_else(|| SealError::NoKey {
-            scope: info.scope.clone(),
-            epoch: info.epoch,
-        })?;
+    let p = parse_sealed(stored)?;
+    let key = key_for(keyring, &p.info.scope, p.info.epoch)?;
+    if p.v2 {
+        return key.open_v2(&p.resource_type, &p.id, p.data.as_bytes());
+    }
+    let ct = b64_decode(&p.data).ok_or(SealError::Malformed)?;
     let plain = key.decrypt(&ct)?;
-    // Only the two fields that bind the ciphertext to the shell are read.
+    // v1 has no associated data: the plaintext must name the shell's
+    // resource. Only those two fields are read.
     #[derive(Deserialize)]
     struct Names {
         #[serde(rename = "resourceType")]
@@ -409,9 +546,50 @@ pub fn open_resource(keyring: &Keyring, stored: &[u8]) -> Result<Vec<u8>, SealEr
         id: Option<String>,
     }
     match serde_json::from_slice::<Names>(&plain) {
-        Ok(n) if n.resource_type == ty && n.id.as_deref() == Some(id.as_str()) => Ok(plain),
+        Ok(n) if n.resource_type == p.resource_type && n.id.as_deref() == Some(p.id.as_str()) => {
+            Ok(plain)
+        }
         _ => Err(SealError::Mismatch),
     }
+}
+
+/// The value of the sealed extension in `stored` as written by
+/// [`seal_resource`] (`"url":"urn:ehr-core:sealed","valueString":"...`),
+/// found by a substring search instead of a parse. The search is not a
+/// JSON parser (a crafted shell could make it pick another string); that
+/// is harmless because a v2 ciphertext only opens under the resource's own
+/// type and id, so whatever string it picks either is this resource's
+/// ciphertext or fails to authenticate.
+fn find_envelope(stored: &[u8]) -> Option<&str> {
+    const OPEN: &[u8] = b"\"url\":\"urn:ehr-core:sealed\",\"valueString\":\"";
+    let at = memchr::memmem::find(stored, OPEN)? + OPEN.len();
+    let rest = stored.get(at..)?;
+    let len = memchr::memchr2(b'"', b'\\', rest)?;
+    if rest.get(len) != Some(&b'"') {
+        return None;
+    }
+    std::str::from_utf8(rest.get(..len)?).ok()
+}
+
+/// [`open_resource`] for a shell read from the record at `resource_type`
+/// / `id` (the view's key, which `apply` guarantees the shell names): the
+/// read path. A v2 shell's envelope is found by a byte scan and decrypted
+/// in place with `resource_type` and `id` as associated data; a ciphertext
+/// from anywhere else fails authentication. Anything else (v1 shells,
+/// other layouts, clear resources) goes through [`open_resource`].
+pub fn open_resource_at(
+    keyring: &Keyring,
+    resource_type: &str,
+    id: &str,
+    stored: &[u8],
+) -> Result<Vec<u8>, SealError> {
+    if let Some(Ok(e)) = find_envelope(stored).map(envelope) {
+        if e.v2 {
+            let key = key_for(keyring, e.scope, e.epoch)?;
+            return key.open_v2(resource_type, id, e.data.as_bytes());
+        }
+    }
+    open_resource(keyring, stored)
 }
 
 #[cfg(test)]
@@ -460,6 +638,11 @@ mod tests {
         ring.insert(k.clone());
         assert_eq!(open_resource(&ring, &shell).unwrap(), OBS);
         assert_eq!(
+            open_resource_at(&ring, "Observation", "bp", &shell).unwrap(),
+            OBS
+        );
+        assert!(text.contains("\"valueString\":\"v2.default.0."));
+        assert_eq!(
             sealed_info(&shell),
             Some(SealedInfo {
                 scope: "default".into(),
@@ -476,19 +659,106 @@ mod tests {
         ));
     }
 
+    /// A shell as written before v2 (XSalsa20-Poly1305, no associated
+    /// data), made from a v2 shell by swapping the envelope.
+    fn v1_shell(k: &ScopeKey, json: &[u8]) -> Vec<u8> {
+        let e = hypercore_rs::OsEntropy;
+        let v2 = String::from_utf8(seal_resource(k, json, &e).unwrap()).unwrap();
+        let env = find_envelope(v2.as_bytes()).unwrap().to_owned();
+        let ct = k.encrypt(json, &e).unwrap();
+        let v1 = format!("v1.{}.{}.{}", k.scope(), k.epoch(), b64_encode(&ct));
+        v2.replace(&env, &v1).into_bytes()
+    }
+
     #[test]
     fn ciphertext_moved_to_another_resource_is_refused() {
         let k = ScopeKey::generate("default", 0, &hypercore_rs::OsEntropy).unwrap();
+        let mut ring = Keyring::new();
+        ring.insert(k.clone());
+        // v2: the type and id are associated data, so authentication fails.
         let shell = seal_resource(&k, OBS, &hypercore_rs::OsEntropy).unwrap();
-        let moved = String::from_utf8(shell)
+        let moved = String::from_utf8(shell.clone())
             .unwrap()
             .replace("\"id\":\"bp\"", "\"id\":\"other\"");
-        let mut ring = Keyring::new();
-        ring.insert(k);
+        assert_eq!(
+            open_resource(&ring, moved.as_bytes()),
+            Err(SealError::Key(KeyError::Decrypt))
+        );
+        for (ty, id) in [("Observation", "other"), ("Condition", "bp")] {
+            assert_eq!(
+                open_resource_at(&ring, ty, id, &shell),
+                Err(SealError::Key(KeyError::Decrypt))
+            );
+        }
+        // v1: the plaintext's names are compared.
+        let old = v1_shell(&k, OBS);
+        let moved = String::from_utf8(old)
+            .unwrap()
+            .replace("\"id\":\"bp\"", "\"id\":\"other\"");
         assert_eq!(
             open_resource(&ring, moved.as_bytes()),
             Err(SealError::Mismatch)
         );
+        assert_eq!(
+            open_resource_at(&ring, "Observation", "other", moved.as_bytes()),
+            Err(SealError::Mismatch)
+        );
+    }
+
+    /// Records written before v2 hold v1 shells: they still open, through
+    /// both paths, and are still recognised as sealed.
+    #[test]
+    fn v1_shells_still_open() {
+        let k = ScopeKey::generate("mental-health", 3, &hypercore_rs::OsEntropy).unwrap();
+        let old = v1_shell(&k, OBS);
+        assert!(String::from_utf8_lossy(&old).contains("\"v1.mental-health.3."));
+        let mut ring = Keyring::new();
+        ring.insert(k.clone());
+        assert_eq!(open_resource(&ring, &old).unwrap(), OBS);
+        assert_eq!(
+            open_resource_at(&ring, "Observation", "bp", &old).unwrap(),
+            OBS
+        );
+        assert_eq!(
+            sealed_info(&old),
+            Some(SealedInfo {
+                scope: "mental-health".into(),
+                epoch: 3
+            })
+        );
+        let mut flipped = old.clone();
+        let at = memchr::memmem::find(&old, b"v1.mental-health.3.").unwrap() + 40;
+        flipped[at] = if flipped[at] == b'A' { b'B' } else { b'A' };
+        assert!(open_resource_at(&ring, "Observation", "bp", &flipped).is_err());
+    }
+
+    /// The byte scan and the parse find the same envelope in every shell
+    /// `seal_resource` writes (the HL7 examples), and both open it.
+    #[test]
+    fn the_scan_finds_what_the_parse_finds() {
+        let dir = std::path::Path::new("/work/shared/fhir/r4-examples");
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let k = ScopeKey::generate("default", 0, &hypercore_rs::OsEntropy).unwrap();
+        let mut ring = Keyring::new();
+        ring.insert(k.clone());
+        let mut n = 0;
+        for entry in entries.take(200) {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            let Ok(shell) = seal_resource(&k, &bytes, &hypercore_rs::OsEntropy) else {
+                continue;
+            };
+            let p = parse_sealed(&shell).unwrap();
+            let e = envelope(find_envelope(&shell).unwrap()).unwrap();
+            assert_eq!(e.data, p.data);
+            assert_eq!(
+                open_resource_at(&ring, &p.resource_type, &p.id, &shell).unwrap(),
+                bytes
+            );
+            n += 1;
+        }
+        assert!(n > 50, "only {n} examples sealed");
     }
 
     #[test]
@@ -517,6 +787,7 @@ mod tests {
             epochs in 1u32..5,
         ) {
             let mut seen: HashSet<(u32, [u8; 24])> = HashSet::new();
+            let mut seen_v2: HashSet<(u32, [u8; 24])> = HashSet::new();
             for epoch in 0..epochs {
                 let k = ScopeKey::generate("default", epoch, &hypercore_rs::OsEntropy).unwrap();
                 for m in &msgs {
@@ -529,6 +800,13 @@ mod tests {
                         // and then the whole ciphertext is identical.
                         prop_assert!(fresh, "nonce reused under epoch {}", epoch);
                         prop_assert_eq!(k.decrypt(&ct).unwrap(), m.clone());
+                        // The same for sealed resources (v2), under their
+                        // own key.
+                        let ct = k.seal_v2("Observation", "o1", m, entropy).unwrap();
+                        n.copy_from_slice(&ct[..24]);
+                        prop_assert!(seen_v2.insert((epoch, n)), "v2 nonce reused under epoch {}", epoch);
+                        let text = b64_encode(&ct);
+                        prop_assert_eq!(k.open_v2("Observation", "o1", text.as_bytes()).unwrap(), m.clone());
                     }
                 }
             }
@@ -541,12 +819,19 @@ mod tests {
             let p = pos % ct.len();
             ct[p] ^= 1 << bit;
             prop_assert!(k.decrypt(&ct).is_err());
+            let mut ct = k.seal_v2("Observation", "o1", &msg, &hypercore_rs::OsEntropy).unwrap();
+            let p = pos % ct.len();
+            ct[p] ^= 1 << bit;
+            let text = b64_encode(&ct);
+            prop_assert!(k.open_v2("Observation", "o1", text.as_bytes()).is_err());
         }
 
         #[test]
         fn parse_sealed_never_panics(s in ".{0,200}") {
             let _ = sealed_info(s.as_bytes());
             let _ = open_resource(&Keyring::new(), s.as_bytes());
+            let _ = open_resource_at(&Keyring::new(), "Observation", "o1", s.as_bytes());
+            let _ = find_envelope(s.as_bytes());
         }
     }
 }

@@ -187,4 +187,25 @@ mod tests {
         }
         assert!(sealed >= 300, "only {sealed} examples sealed");
     }
+
+    /// Records written before the v2 envelope hold v1 shells: `apply`
+    /// still accepts them from any writer of a sealed record, and refuses
+    /// an envelope of an unknown version.
+    #[test]
+    fn v1_shells_still_pass_and_unknown_versions_do_not() {
+        let e = SeededEntropy::new(9);
+        let key = ScopeKey::generate("default", 2, &e).unwrap();
+        let obs = br#"{"resourceType":"Observation","id":"o1","status":"final","subject":{"reference":"Patient/p"},"note":[{"text":"x"}]}"#;
+        let v2 = String::from_utf8(seal_resource(&key, obs, &e).unwrap()).unwrap();
+        let start = v2.find("\"v2.default.2.").unwrap() + 1;
+        let end = start + v2[start..].find('"').unwrap();
+        let ct = key.encrypt(obs, &e).unwrap();
+        let v1 = format!("v1.default.2.{}", crate::keys::b64_encode(&ct));
+        let old = format!("{}{}{}", &v2[..start], v1, &v2[end..]);
+        let shell = Resource::parse(old.into_bytes()).unwrap();
+        assert_eq!(clear_content(&shell, Role::Practitioner), None);
+        let v9 = v2.replacen("\"v2.default.2.", "\"v9.default.2.", 1);
+        let shell = Resource::parse(v9.into_bytes()).unwrap();
+        assert!(clear_content(&shell, Role::Practitioner).is_some());
+    }
 }

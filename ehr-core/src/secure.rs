@@ -21,7 +21,7 @@ use crate::keys::{b64_decode, b64_encode, open, seal, Identity, IdentityPublic};
 use crate::op::WriterKey;
 use crate::record::{Query, Record, Version, Written};
 use crate::scope_crypto::{
-    check_scope, open_resource, seal_resource, Keyring, ScopeKey, SealError,
+    check_scope, open_resource, open_resource_at, seal_resource, Keyring, ScopeKey, SealError,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -136,6 +136,11 @@ pub struct SecureRecord {
     keyring: std::sync::Mutex<Keyring>,
     /// Shells this device opened, with their plaintext (see [`Opened`]).
     opened: std::sync::Mutex<Opened>,
+    /// The limits on strangers on the invite channel.
+    gate: crate::invite_net::InviteGate,
+    /// Lost redemptions this device answered whose keys it has rotated
+    /// away (writer keys, hex), so each is rotated once.
+    pub(crate) lost_rotated: std::sync::Mutex<BTreeSet<String>>,
 }
 
 /// A bounded cache of opened sealed shells: stored bytes to plaintext.
@@ -235,7 +240,22 @@ impl SecureRecord {
             identity,
             keyring: std::sync::Mutex::new(Keyring::new()),
             opened: std::sync::Mutex::new(Opened::default()),
+            gate: crate::invite_net::InviteGate::default(),
+            lost_rotated: std::sync::Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// Uses `gate` for strangers on the invite channel (see
+    /// [`SecureRecord::admit`]); share one gate among every connection the
+    /// device serves.
+    pub fn with_invite_gate(mut self, gate: crate::invite_net::InviteGate) -> SecureRecord {
+        self.gate = gate;
+        self
+    }
+
+    /// The limits on strangers on the invite channel.
+    pub fn invite_gate(&self) -> &crate::invite_net::InviteGate {
+        &self.gate
     }
 
     /// The underlying record (reads there return sealed shells).
@@ -469,7 +489,17 @@ impl SecureRecord {
         if let Some(plain) = self.opened().get(slot, stored) {
             return Ok(plain);
         }
-        let plain = self.open_stored(stored).await?;
+        let at = |ring: &Keyring| open_resource_at(ring, &target.resource_type, &target.id, stored);
+        let first = at(&self.ring());
+        let plain = match first {
+            Err(SealError::NotSealed) => stored.to_vec(),
+            Err(SealError::NoKey { .. }) => {
+                self.refresh_keys().await?;
+                let again = at(&self.ring());
+                again?
+            }
+            other => other?,
+        };
         if plain.as_slice() != stored {
             self.opened().insert(slot, stored, &plain);
         }

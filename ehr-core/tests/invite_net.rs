@@ -460,6 +460,9 @@ fn partitioned_devices_accepting_one_invite_agree_on_one_winner() {
                 .is_some());
         }
 
+        // The `default` epoch both devices hold before they learn of the race.
+        let before = phone.keyring().current("default").unwrap().epoch();
+        assert_eq!(laptop.keyring().current("default").unwrap().epoch(), before);
         // They reconnect.
         let (x, y) = hypercore_rs::replication::duplex();
         let (a, b) = (phone.record().clone(), laptop.record().clone());
@@ -516,25 +519,58 @@ fn partitioned_devices_accepting_one_invite_agree_on_one_winner() {
         }
 
         // The loser was sent the invite's `default` key before the race was
-        // decided: rotating it away keeps it from reading what comes next.
+        // decided. The device that answered it (each provider redeemed with
+        // one device, providers[0] with the phone) rotates that key away by
+        // itself once its view shows the loss: nobody calls anything.
         let (loser_p, winner_p) = if loser == w1 {
             (first, second)
         } else {
             (second, first)
         };
-        let rotation = phone.rotate_lost_redemptions().await.unwrap().unwrap();
-        let (_, epoch) = rotation
-            .scopes
-            .iter()
-            .find(|(s, _)| s == "default")
-            .cloned()
-            .unwrap();
-        assert!(epoch >= 1);
+        let (answered, other) = if loser == w1 {
+            (&phone, &laptop)
+        } else {
+            (&laptop, &phone)
+        };
+        pump_until(
+            &[phone.record(), laptop.record()],
+            || async { answered.keyring().current("default").unwrap().epoch() > before },
+            "the answering device never rotated the loser's key away",
+        )
+        .await;
+        let epoch = answered.keyring().current("default").unwrap().epoch();
+        assert_eq!(epoch, before + 1);
+        // Once: more syncing and updates rotate nothing more, and the other
+        // device (which answered no loser) does not rotate at all; it
+        // receives the new key like any holder.
+        pump_until(
+            &[phone.record(), laptop.record()],
+            || async {
+                let _ = other.refresh_keys().await;
+                other.keyring().current("default").map(|k| k.epoch()) == Some(epoch)
+            },
+            "the other device never received the rotated key",
+        )
+        .await;
+        pump(&[phone.record(), laptop.record()], 300).await;
+        for dev in [&phone, &laptop] {
+            dev.refresh_keys().await.unwrap();
+            assert_eq!(dev.keyring().current("default").unwrap().epoch(), epoch);
+        }
+        assert_eq!(
+            answered.keyring().current("default"),
+            other.keyring().current("default")
+        );
+        assert_eq!(other.rotate_own_lost_redemptions().await.unwrap(), None);
+        assert_eq!(answered.rotate_own_lost_redemptions().await.unwrap(), None);
         let o2 = std::str::from_utf8(OBS)
             .unwrap()
             .replace("\"o1\"", "\"o2\"")
             .replace("sealed", "after the race");
-        phone.put("default", o2.clone().into_bytes()).await.unwrap();
+        answered
+            .put("default", o2.clone().into_bytes())
+            .await
+            .unwrap();
         // Both providers still replicate with the device that let them in
         // (the loser's connection was opened before the race was decided).
         pump_until(
@@ -628,5 +664,123 @@ fn the_gate_closes_on_replication_or_junk_and_sends_no_data() {
             alice.admit(&mut b, me, &[4; 32]).await.unwrap(),
             ehr_core::InviteServing::Member
         );
+    });
+}
+
+/// Strangers on the invite channel are limited by the record's
+/// `InviteGate` (injected timers): eight that connect and send nothing
+/// hold every slot, a ninth is refused at once (`Busy`) with nothing read
+/// or sent; after the timeout the eight are closed (`TimedOut`), having
+/// been sent nothing; and a real redeemer succeeds while a silent stranger
+/// waits beside it.
+#[test]
+fn silent_strangers_time_out_and_the_ninth_is_refused() {
+    use futures::{SinkExt, StreamExt};
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use std::time::Duration;
+    let mut pool = LocalPool::new();
+    let spawner = pool.spawner();
+    pool.run_until(async {
+        let clock = Arc::new(ManualClock::new(1_000));
+        let timers = hypercore_rs::ManualClock::new();
+        let gate =
+            ehr_core::InviteGate::new(Arc::new(timers.clone())).timeout(Duration::from_secs(10));
+        assert_eq!(ehr_core::MAX_PENDING_REDEMPTIONS, 8);
+        let r = Record::builder(Arc::new(MemoryStorage::new()))
+            .clock(clock.clone())
+            .create("p")
+            .await
+            .unwrap();
+        let alice = Arc::new(SecureRecord::new(r).with_invite_gate(gate.clone()));
+        alice.put("default", OBS.to_vec()).await.unwrap();
+        let invite = alice
+            .create_invite(doctor_grant(), &["default"], 60_000)
+            .await
+            .unwrap();
+
+        // Starts `admit` for a stranger that never sends anything.
+        type Outcomes = Rc<RefCell<Vec<Result<ehr_core::InviteServing, ehr_core::Error>>>>;
+        let outcomes: Outcomes = Rc::new(RefCell::new(Vec::new()));
+        let silent = |n: u8| {
+            let (x, mut y) = hypercore_rs::replication::duplex();
+            let (a, out) = (alice.clone(), outcomes.clone());
+            spawner
+                .spawn_local(async move {
+                    let r = a.admit(&mut y, [n; 32], &[4; 32]).await;
+                    out.borrow_mut().push(r);
+                    // The session ends: the connection is closed.
+                    drop(y);
+                })
+                .unwrap();
+            x
+        };
+        let settle = || async {
+            for _ in 0..50 {
+                YieldNow(false).await;
+            }
+        };
+
+        let mut idle: Vec<_> = (0..8).map(|i| silent(10 + i)).collect();
+        settle().await;
+        assert_eq!(gate.pending(), 8);
+        assert!(gate.is_full());
+        // The ninth is refused at once, typed; nothing is sent to it.
+        let (mut x9, mut y9) = hypercore_rs::replication::duplex();
+        x9.send(b"anything".to_vec()).await.unwrap();
+        let ninth = alice.admit(&mut y9, [30; 32], &[4; 32]).await;
+        assert!(
+            matches!(ninth, Err(ehr_core::Error::Invite(InviteError::Busy))),
+            "{ninth:?}"
+        );
+        drop(y9);
+        assert!(x9.next().await.is_none(), "nothing was sent to the ninth");
+
+        // Just before the timeout nobody is closed; at it, all eight are.
+        timers.advance(Duration::from_millis(9_999));
+        settle().await;
+        assert!(outcomes.borrow().is_empty());
+        assert_eq!(gate.pending(), 8);
+        timers.advance(Duration::from_millis(1));
+        settle().await;
+        assert_eq!(outcomes.borrow().len(), 8);
+        for o in outcomes.borrow().iter() {
+            assert!(
+                matches!(o, Err(ehr_core::Error::Invite(InviteError::TimedOut))),
+                "{o:?}"
+            );
+        }
+        assert_eq!(gate.pending(), 0);
+        for x in &mut idle {
+            assert!(x.next().await.is_none(), "closed, and sent nothing");
+        }
+        outcomes.borrow_mut().clear();
+
+        // A silent stranger waits while a real redeemer succeeds.
+        let _quiet = silent(40);
+        settle().await;
+        assert_eq!(gate.pending(), 1);
+        let doc = provider(alice.record().key(), clock.clone()).await;
+        let doc_id = doc.record().identity().public_key().to_bytes();
+        let alice_id = alice.record().identity().public_key().to_bytes();
+        let (mut dx, mut dy) = hypercore_rs::replication::duplex();
+        let (served, redeemed) = futures::future::join(
+            alice.admit(&mut dy, doc_id, &[5; 32]),
+            doc.redeem(&invite, &mut dx, alice_id, &[5; 32]),
+        )
+        .await;
+        assert_eq!(
+            served.unwrap(),
+            ehr_core::InviteServing::Redeemed(doc.record().writer_key())
+        );
+        assert_eq!(redeemed, Ok(()));
+        assert_eq!(gate.pending(), 1, "the redeemer's slot was given back");
+        timers.advance(Duration::from_secs(10));
+        settle().await;
+        assert!(matches!(
+            outcomes.borrow().as_slice(),
+            [Err(ehr_core::Error::Invite(InviteError::TimedOut))]
+        ));
+        assert_eq!(gate.pending(), 0);
     });
 }

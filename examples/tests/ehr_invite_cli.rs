@@ -148,3 +148,92 @@ fn invite_join_write_sync_revoke_and_bad_invites() {
         .collect();
     assert!(codes.iter().any(|c| c.contains("invite")), "{codes:?}");
 }
+
+/// A stranger: dials `addr`, completes the Noise handshake with a fresh
+/// identity, and then sends nothing.
+async fn silent_stranger(
+    addr: &str,
+    seed: u8,
+) -> impl futures::Stream<Item = Result<Vec<u8>, swarm_rs::StreamError>> + Unpin {
+    let tcp = async_net::TcpStream::connect(addr.to_owned())
+        .await
+        .unwrap();
+    swarm_rs::SecureStream::handshake(
+        tcp,
+        swarm_rs::Role::Initiator,
+        &swarm_rs::KeyPair::from_seed([seed; 32]),
+        swarm_rs::SecureConfig::default(),
+        &mut swarm_rs::OsEntropy,
+        std::sync::Arc::new(swarm_rs::SystemClock),
+    )
+    .await
+    .unwrap()
+}
+
+/// Whether the listener closed `conn` (without sending it anything)
+/// within `within`.
+async fn closed_within(
+    conn: &mut (impl futures::Stream<Item = Result<Vec<u8>, swarm_rs::StreamError>> + Unpin),
+    within: std::time::Duration,
+) -> bool {
+    use futures::StreamExt;
+    let next = conn.next();
+    let timer = async_io::Timer::after(within);
+    futures::pin_mut!(timer);
+    match futures::future::select(next, timer).await {
+        futures::future::Either::Left((Some(Ok(m)), _)) => panic!("a stranger was sent {m:?}"),
+        futures::future::Either::Left(_) => true,
+        futures::future::Either::Right(_) => false,
+    }
+}
+
+/// `ehr sync --listen` limits strangers on the invite channel like the
+/// library: eight silent ones wait, the ninth is closed at once, the eight
+/// are closed after `EHR_INVITE_TIMEOUT_MS`, and a real redeemer joins
+/// while a silent stranger waits.
+#[test]
+fn the_listener_times_out_silent_strangers_and_caps_them_at_eight() {
+    use std::time::{Duration, Instant};
+    let root = tempfile::tempdir().unwrap();
+    let p = root.path().join("patient");
+    ok(&p, &["init", "--patient", "alice"]);
+    let d = root.path().join("doctor");
+    ok(&d, &["init", "--provider", "Dr. Osei"]);
+    let (good, _) = invite(&p, &["--role", "practitioner", "--expires", "1h"]);
+    let timeout = Duration::from_millis(2_500);
+    let (_sync, addr) = listen_env(&p, &[("EHR_INVITE_TIMEOUT_MS", "2500")]);
+    futures::executor::block_on(async {
+        let start = Instant::now();
+        let mut eight = Vec::new();
+        for i in 0..8u8 {
+            eight.push(silent_stranger(&addr, 10 + i).await);
+            // Let the listener take each one to the gate.
+            async_io::Timer::after(Duration::from_millis(60)).await;
+        }
+        let mut ninth = silent_stranger(&addr, 30).await;
+        assert!(
+            closed_within(&mut ninth, Duration::from_millis(1_000)).await,
+            "the ninth stranger was not refused"
+        );
+        assert!(
+            start.elapsed() < timeout,
+            "the ninth was refused by the cap, not the timeout"
+        );
+        for (i, c) in eight.iter_mut().enumerate() {
+            assert!(
+                closed_within(c, timeout * 3).await,
+                "stranger {i} was never closed"
+            );
+        }
+        assert!(
+            start.elapsed() >= timeout - Duration::from_millis(100),
+            "closed before the timeout: {:?}",
+            start.elapsed()
+        );
+        // The slots are free again: a silent stranger waits while the
+        // doctor redeems.
+        let _waiting = silent_stranger(&addr, 40).await;
+        let out = ok(&d, &["join", &good, "--peer", &addr]);
+        assert!(out.contains("joined"), "{out}");
+    });
+}

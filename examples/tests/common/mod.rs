@@ -82,11 +82,17 @@ pub(crate) fn json(data: &Path, args: &[&str]) -> serde_json::Value {
 /// Starts `ehr sync --listen 127.0.0.1:0` on `data`; returns the process
 /// (killed on drop) and the address it listens on.
 pub(crate) fn listen(data: &Path) -> (Killed, String) {
+    listen_env(data, &[])
+}
+
+/// [`listen`] with extra environment variables.
+pub(crate) fn listen_env(data: &Path, env: &[(&str, &str)]) -> (Killed, String) {
     let mut child = Command::new(EHR)
         .arg("--data")
         .arg(data)
         .args(["sync", "--listen", "127.0.0.1:0"])
         .env_remove("EHR_PASSPHRASE")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

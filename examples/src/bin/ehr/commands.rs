@@ -1148,6 +1148,13 @@ async fn sync(data: &Path, a: crate::SyncArgs, sp: &LocalSpawner) -> Result<(), 
     }
     let (_, r) = store::open_record(data).await?;
     r.update().await?;
+    // A patient device that answered an invite redemption which then lost
+    // to another of its devices' answers rotates the keys it sent to the
+    // loser as soon as it sees that (a no-op on provider devices).
+    sp.spawn_local(
+        Arc::new(ehr_core::SecureRecord::new(r.clone())).rotate_lost_redemptions_on_update(),
+    )
+    .map_err(|e| CliError::Other(e.to_string()))?;
     let sessions = Arc::new(Mutex::new(Sessions::default()));
     let (live, ever) = match sessions.lock() {
         Ok(s) => (s.live.clone(), s.ever.clone()),

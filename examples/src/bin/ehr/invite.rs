@@ -463,6 +463,23 @@ async fn handshake(
     Ok((Box::new(io), remote, hh))
 }
 
+/// The limits on strangers on the invite channel, shared by every
+/// connection this process serves (`--listen` and the LAN): at most
+/// [`ehr_core::MAX_PENDING_REDEMPTIONS`] wait for their first message at
+/// once, each for `EHR_INVITE_TIMEOUT_MS` milliseconds (default
+/// [`ehr_core::DEFAULT_REDEMPTION_TIMEOUT`]).
+pub(crate) fn gate() -> &'static ehr_core::InviteGate {
+    static GATE: std::sync::OnceLock<ehr_core::InviteGate> = std::sync::OnceLock::new();
+    GATE.get_or_init(|| {
+        let timeout = std::env::var("EHR_INVITE_TIMEOUT_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_millis)
+            .unwrap_or(ehr_core::DEFAULT_REDEMPTION_TIMEOUT);
+        ehr_core::InviteGate::default().timeout(timeout)
+    })
+}
+
 /// Set by the demo, which tells its own story: [`answer`] prints nothing.
 pub(crate) static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -478,13 +495,17 @@ pub(crate) async fn answer<IO>(
 where
     IO: Stream<Item = std::io::Result<Vec<u8>>> + Sink<Vec<u8>, Error = std::io::Error> + Unpin,
 {
-    let secure = SecureRecord::new(record.clone());
+    let secure = SecureRecord::new(record.clone()).with_invite_gate(gate().clone());
     let who = hex(&remote);
-    match secure
-        .admit(io, remote, handshake_hash)
-        .await
-        .map_err(|e| e.to_string())?
-    {
+    let admitted = match secure.admit(io, remote, handshake_hash).await {
+        Ok(a) => a,
+        // Too many strangers waiting, or this one sent nothing in time.
+        Err(ehr_core::Error::Invite(e)) => {
+            return Err(format!("closed a connection from {}: {e}", &who[..12]))
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    match admitted {
         InviteServing::Member => Ok(()),
         InviteServing::Redeemed(w) => {
             let _ = record.flush().await;
