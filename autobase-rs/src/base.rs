@@ -1336,6 +1336,9 @@ impl Autobase {
     /// is ignored: the lowest proven fork position, or its committed
     /// length if more of it was committed already.
     fn silences(&self, st: &State) -> Vec<([u8; 32], u64)> {
+        if st.proofs.is_empty() {
+            return Vec::new();
+        }
         let indexers = st.base_host.indexer_keys();
         if indexers.len() < 2 {
             return Vec::new();
@@ -1386,11 +1389,13 @@ impl Autobase {
                 let Some(bytes) = core.get(seq).await? else {
                     break;
                 };
-                if let Some(signed) =
-                    Block::decode(&bytes, seq).filter(|s| verify_node(&vk, &s.hash, &s.sig))
-                {
-                    if let Body::Evidence(proof) = signed.block.body {
-                        self.found(st, *proof).await?;
+                // Only evidence blocks are verified here (the signature check
+                // of the others waits for their turn in `pull_one`).
+                if let Some(signed) = Block::decode(&bytes, seq) {
+                    if let Body::Evidence(proof) = &signed.block.body {
+                        if verify_node(&vk, &signed.hash, &signed.sig) {
+                            self.found(st, (**proof).clone()).await?;
+                        }
                     }
                 }
                 seq += 1;

@@ -19,10 +19,15 @@ use futures::{Sink, Stream, StreamExt};
 use hyperbee_rs::Range;
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::time::Duration;
 use swarm_rs::{
     Discovery, JoinMode, KeyPair, PeerConnection, PublicKey, SwarmBuilder, SwarmHandle, Topic,
     Transport,
 };
+
+/// How long a device waits for a checkpoint from its peers when it tries to
+/// fast-forward (see [`Record::checkpoint_duty`]).
+pub(crate) const CHECKPOINT_WAIT: Duration = Duration::from_secs(5);
 
 /// A running [`Record::sync`]: while it is held, the device announces and
 /// looks up the record's topic. Dropping it (or [`SyncHandle::leave`]) stops
@@ -189,7 +194,7 @@ impl Record {
             + 'static,
     {
         self.refresh_firewall().await?;
-        run_sessions(connections, |conn| {
+        let sessions = run_sessions(connections, |conn| {
             if !self.allows_peer(&conn.remote_public_key().to_bytes()) {
                 return None;
             }
@@ -198,9 +203,74 @@ impl Record {
             Some(async move {
                 let _ = rec.replicate(conn, initiator).await;
             })
-        })
-        .await;
+        });
+        let duty = self.checkpoint_duty(CHECKPOINT_WAIT);
+        futures::pin_mut!(sessions);
+        futures::pin_mut!(duty);
+        // The duty runs as long as the sessions do; if it stops (its
+        // extension channel closed), replication goes on without it.
+        if let futures::future::Either::Right((_, sessions)) =
+            futures::future::select(sessions, duty).await
+        {
+            sessions.await;
+        }
         Ok(())
+    }
+
+    /// This device's part in the record's checkpoints while it syncs
+    /// ([`Record::serve`], and so [`Record::sync`], run it next to the
+    /// sessions; run it yourself next to [`Record::replicate`]):
+    ///
+    /// - serves checkpoints ([`autobase_rs::Autobase::serve_checkpoints`]):
+    ///   an indexer pushes its signature over each indexed state, answers
+    ///   requests with the signed state and the view blocks the asker
+    ///   lacks, and passes on proofs of forked inputs;
+    /// - a device that has indexed nothing yet (a new joiner of a long
+    ///   record) first asks its peers for a checkpoint and starts from it
+    ///   instead of replaying every input, if one signed by the record's
+    ///   indexers arrives within `wait`;
+    /// - after every update, a device left on a fork of a writer that the
+    ///   others cut ([`autobase_rs::Autobase::needs_fast_forward`]) starts
+    ///   from their checkpoint past the cut, and so recovers.
+    ///
+    /// Runs until the record's extension channel closes. A refused or
+    /// missing checkpoint is not an error: the device keeps replaying.
+    pub async fn checkpoint_duty(&self, wait: Duration) -> Result<(), Error> {
+        let base = self.base().clone();
+        let serve = async {
+            base.serve_checkpoints()
+                .await
+                .map_err(|e| Error::Storage(e.to_string()))
+        };
+        let recover = async {
+            let mut events = base.events();
+            if base.indexed_length().await == 0 {
+                self.try_fast_forward(wait).await?;
+            }
+            while events.next().await.is_some() {
+                // One look per burst of events.
+                while let Some(Some(_)) = futures::FutureExt::now_or_never(events.next()) {}
+                if base.needs_fast_forward().await {
+                    self.try_fast_forward(wait).await?;
+                }
+            }
+            Ok::<(), Error>(())
+        };
+        futures::future::try_join(serve, recover).await.map(|_| ())
+    }
+
+    /// Fast-forwards from a checkpoint the peers send within `wait`, then
+    /// refreshes what the record derives from its view (genesis,
+    /// firewall); `false` when none was installed.
+    async fn try_fast_forward(&self, wait: Duration) -> Result<bool, Error> {
+        match self.base().fast_forward_from_peers(wait).await {
+            Ok(true) => {
+                self.update().await?;
+                Ok(true)
+            }
+            // Forged, stale or missing checkpoints: keep replaying.
+            Ok(false) | Err(_) => Ok(false),
+        }
     }
 }
 
