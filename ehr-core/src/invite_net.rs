@@ -38,7 +38,7 @@ use crate::error::Error;
 use crate::invite::{Invite, InviteError, Redemption};
 use crate::op::WriterKey;
 use crate::secure::SecureRecord;
-use crate::sync::{drive, run_sessions, SyncHandle};
+use crate::sync::{beside_duty, drive, run_sessions, SyncHandle};
 use futures::channel::oneshot;
 use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use std::collections::BTreeSet;
@@ -521,7 +521,9 @@ impl SecureRecord {
                 // redemptions as soon as the view shows them.
                 futures::pin_mut!(sessions);
                 futures::pin_mut!(watch);
-                futures::future::select(sessions, watch).await;
+                let sessions = futures::future::select(sessions, watch).map(|_| ());
+                // And the checkpoint duty, as `Record::serve` runs it.
+                beside_duty(self.record(), sessions).await;
                 Ok(())
             };
             drive(driver, serve).await
@@ -589,7 +591,7 @@ impl SecureRecord {
         let invite = invite.clone();
         let work = async move {
             let serve = async {
-                run_sessions(connections, |conn| {
+                let sessions = run_sessions(connections, |conn| {
                     let remote = conn.remote_public_key().to_bytes();
                     let member = self.record().allows_peer(&remote);
                     // One redemption at a time; strangers after the
@@ -622,8 +624,8 @@ impl SecureRecord {
                         }
                         let _ = me.record().replicate(conn, initiator).await;
                     })
-                })
-                .await;
+                });
+                beside_duty(self.record(), sessions).await;
                 Ok(())
             };
             drive(driver, serve).await

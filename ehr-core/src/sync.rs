@@ -204,16 +204,7 @@ impl Record {
                 let _ = rec.replicate(conn, initiator).await;
             })
         });
-        let duty = self.checkpoint_duty(CHECKPOINT_WAIT);
-        futures::pin_mut!(sessions);
-        futures::pin_mut!(duty);
-        // The duty runs as long as the sessions do; if it stops (its
-        // extension channel closed), replication goes on without it.
-        if let futures::future::Either::Right((_, sessions)) =
-            futures::future::select(sessions, duty).await
-        {
-            sessions.await;
-        }
+        beside_duty(self, sessions).await;
         Ok(())
     }
 
@@ -271,6 +262,20 @@ impl Record {
             // Forged, stale or missing checkpoints: keep replaying.
             Ok(false) | Err(_) => Ok(false),
         }
+    }
+}
+
+/// Runs `sessions` with `record`'s [`Record::checkpoint_duty`] beside them,
+/// for as long as the sessions run; if the duty stops first (its extension
+/// channel closed), replication goes on without it.
+pub(crate) async fn beside_duty<F: Future<Output = ()>>(record: &Record, sessions: F) {
+    let duty = record.checkpoint_duty(CHECKPOINT_WAIT);
+    futures::pin_mut!(sessions);
+    futures::pin_mut!(duty);
+    if let futures::future::Either::Right((_, sessions)) =
+        futures::future::select(sessions, duty).await
+    {
+        sessions.await;
     }
 }
 

@@ -119,3 +119,81 @@ fn a_joiner_of_a_long_record_starts_from_a_checkpoint() {
         .await;
     });
 }
+
+/// The same through the invite paths: a provider that joins by redeeming
+/// an invite (`join_with_invite`) against a patient device answering
+/// invites (`sync_with_invites`) starts from the patient's checkpoint too;
+/// both paths run the checkpoint duty beside their sessions.
+#[test]
+fn a_provider_joining_by_invite_starts_from_a_checkpoint() {
+    use ehr_core::{Invite, SecureRecord};
+    let mut pool = LocalPool::new();
+    let spawner = pool.spawner();
+    let (net, discovery) = (MemoryNetwork::new(), MemoryDiscovery::new());
+    pool.run_until(async {
+        let mem = || Record::builder(Arc::new(MemoryStorage::new()));
+        let alice = Arc::new(SecureRecord::new(mem().create("p").await.unwrap()));
+        const N: usize = 60;
+        for i in 0..N {
+            alice.record().put(obs(i)).await.unwrap();
+        }
+        let indexed = alice.record().base().indexed_length().await;
+        assert!(indexed > N as u64);
+        let invite = alice
+            .create_invite(
+                Grant::new(Role::Practitioner, &["patient/*.cru"]).unwrap(),
+                &[],
+                u64::MAX,
+            )
+            .await
+            .unwrap();
+        let (_ah, work) = alice
+            .clone()
+            .sync_with_invites(net.transport(), discovery.clone(), &MemoryAddr(0))
+            .await
+            .unwrap();
+        spawner
+            .spawn_local(async move {
+                let _ = work.await;
+            })
+            .unwrap();
+
+        let invite = Invite::parse(&invite.to_text()).unwrap();
+        let doc = Arc::new(SecureRecord::new(
+            mem().join(invite.record_key).await.unwrap(),
+        ));
+        let (_dh, work, redeemed) = doc
+            .clone()
+            .join_with_invite(&invite, net.transport(), discovery.clone(), &MemoryAddr(0))
+            .await
+            .unwrap();
+        spawner
+            .spawn_local(async move {
+                let _ = work.await;
+            })
+            .unwrap();
+        assert_eq!(redeemed.await, Ok(()));
+        // Only the patient is updated by the test: the doctor's indexed
+        // length moves only through its checkpoint duty. Its first request
+        // went out before the redemption (no peer yet); it asks again
+        // after 50 ms, then less often, so give it wall-clock time.
+        let mut reached = false;
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_secs(20) {
+            alice.record().update().await.unwrap();
+            if doc.record().base().indexed_length().await >= indexed {
+                reached = true;
+                break;
+            }
+            YieldNow(false).await;
+        }
+        assert!(reached, "the invited doctor never fast-forwarded");
+        assert_eq!(doc.record().patient_id(), "p");
+        assert!(doc
+            .record()
+            .get("Observation", &format!("o{}", N - 1))
+            .await
+            .unwrap()
+            .is_some());
+    });
+}
