@@ -24,6 +24,10 @@ pub(crate) fn run(cmd: Command, data: &Path) -> Result<(), CliError> {
     pool.run_until(dispatch(cmd, data, spawner))
 }
 
+/// How long a device that has indexed nothing waits for a checkpoint
+/// from its peers before it replays their inputs instead.
+const CHECKPOINT_WAIT: Duration = Duration::from_secs(5);
+
 async fn dispatch(cmd: Command, data: &Path, sp: LocalSpawner) -> Result<(), CliError> {
     match cmd {
         Command::Init(a) => init(data, a.patient, a.provider).await,
@@ -1154,6 +1158,14 @@ async fn sync(data: &Path, a: crate::SyncArgs, sp: &LocalSpawner) -> Result<(), 
     sp.spawn_local(
         Arc::new(ehr_core::SecureRecord::new(r.clone())).rotate_lost_redemptions_on_update(),
     )
+    .map_err(|e| CliError::Other(e.to_string()))?;
+    // The record's checkpoint duty, as `Record::serve` runs it: serve
+    // signed checkpoints to peers; a device that has indexed nothing yet
+    // starts from one, and one left on a losing fork recovers.
+    let duty = r.clone();
+    sp.spawn_local(async move {
+        let _ = duty.checkpoint_duty(CHECKPOINT_WAIT).await;
+    })
     .map_err(|e| CliError::Other(e.to_string()))?;
     let sessions = Arc::new(Mutex::new(Sessions::default()));
     let (live, ever) = match sessions.lock() {
