@@ -21,8 +21,8 @@
 //! | everything else (values, notes, names, references, status) | encrypted only |
 //!
 //! The sealed extension's `valueString` is `v2.<scope>.<epoch>.<base64>`,
-//! the base64 holding a 24-byte nonce, the ciphertext and a 16-byte tag of
-//! XChaCha20-Poly1305 under a key derived from the scope key, with the
+//! the base64 holding a 12-byte nonce, the ciphertext and a 16-byte tag of
+//! AES-256-GCM under a key derived from the scope key, with the
 //! resource's type and id as associated data: a ciphertext copied into
 //! another resource fails authentication, so opening needs no parse of the
 //! plaintext, and decrypts in place. Shells written before (`v1.`:
@@ -34,11 +34,15 @@
 //! They are unique under one key as long as either the randomness or the
 //! message differs, so a broken random source repeats a nonce only for
 //! identical messages (which then encrypt identically: equality is all that
-//! leaks).
+//! leaks). A v2 nonce is 96 bits of that hash: with good randomness, the
+//! chance that two of `q` resources sealed under one scope key and epoch
+//! share a nonce is about q^2 / 2^97 (2^-33 after four billion writes, far
+//! beyond what one scope epoch of a health record holds; rotation starts a
+//! new key).
 
 use crate::fhir::{FhirError, Resource};
 use crate::keys::{b64_decode, b64_decode_into, b64_encode, random, KeyError};
-use chacha20poly1305::XChaCha20Poly1305;
+use aes_gcm::Aes256Gcm;
 use crypto_secretbox::aead::{Aead, AeadInPlace, KeyInit};
 use crypto_secretbox::XSalsa20Poly1305;
 use hypercore_rs::Entropy;
@@ -122,10 +126,11 @@ pub struct ScopeKey {
     scope: String,
     epoch: u32,
     key: [u8; 32],
-    /// The key of sealed resources (v2), derived from `key` on first use
-    /// (never stored: it follows from `key`).
+    /// The cipher of sealed resources (v2), keyed with a key derived from
+    /// `key` on first use (never stored: it follows from `key`); kept so
+    /// the AES key schedule runs once per key, not per resource.
     #[serde(skip)]
-    sealing: std::sync::OnceLock<[u8; 32]>,
+    sealing: std::sync::OnceLock<Aes256Gcm>,
 }
 
 impl PartialEq for ScopeKey {
@@ -224,9 +229,11 @@ impl ScopeKey {
             .map_err(|_| KeyError::Decrypt)?)
     }
 
-    fn sealing_key(&self) -> &[u8; 32] {
-        self.sealing
-            .get_or_init(|| blake3::derive_key(SEAL_V2_DOMAIN, &self.key))
+    fn sealing_cipher(&self) -> &Aes256Gcm {
+        self.sealing.get_or_init(|| {
+            let key = blake3::derive_key(SEAL_V2_DOMAIN, &self.key);
+            Aes256Gcm::new(&key.into())
+        })
     }
 
     /// Encrypts a resource's bytes for a v2 sealed shell: the 24-byte
@@ -247,13 +254,14 @@ impl ScopeKey {
         h.update(&(aad.len() as u64).to_le_bytes());
         h.update(&aad);
         h.update(plaintext);
-        let mut nonce = [0u8; 24];
+        let mut nonce = [0u8; 12];
         h.finalize_xof().fill(&mut nonce);
-        let mut out = Vec::with_capacity(24 + plaintext.len() + 16);
+        let mut out = Vec::with_capacity(12 + plaintext.len() + 16);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plaintext);
-        let tag = XChaCha20Poly1305::new(self.sealing_key().into())
-            .encrypt_in_place_detached(&nonce.into(), &aad, out.get_mut(24..).unwrap_or_default())
+        let tag = self
+            .sealing_cipher()
+            .encrypt_in_place_detached(&nonce.into(), &aad, out.get_mut(12..).unwrap_or_default())
             .map_err(|_| KeyError::Decrypt)?;
         out.extend_from_slice(&tag);
         Ok(out)
@@ -262,19 +270,19 @@ impl ScopeKey {
     /// Opens a v2 sealed resource from the base64 text of its envelope,
     /// decrypting in place: one buffer, no copy of the plaintext.
     fn open_v2(&self, resource_type: &str, id: &str, text: &[u8]) -> Result<Vec<u8>, SealError> {
-        // 24 bytes are exactly 32 base64 characters without padding, so
+        // 12 bytes are exactly 16 base64 characters without padding, so
         // the nonce and the rest decode separately.
-        let (n, rest) = text.split_at_checked(32).ok_or(SealError::Malformed)?;
-        let mut nonce = Vec::with_capacity(24);
+        let (n, rest) = text.split_at_checked(16).ok_or(SealError::Malformed)?;
+        let mut nonce = Vec::with_capacity(12);
         b64_decode_into(n, &mut nonce).ok_or(SealError::Malformed)?;
-        let nonce: [u8; 24] = nonce.try_into().map_err(|_| SealError::Malformed)?;
+        let nonce: [u8; 12] = nonce.try_into().map_err(|_| SealError::Malformed)?;
         let mut buf = Vec::new();
         b64_decode_into(rest, &mut buf).ok_or(SealError::Malformed)?;
         let at = buf.len().checked_sub(16).ok_or(KeyError::Decrypt)?;
         let mut tag = [0u8; 16];
         tag.copy_from_slice(buf.get(at..).unwrap_or_default());
         buf.truncate(at);
-        XChaCha20Poly1305::new(self.sealing_key().into())
+        self.sealing_cipher()
             .decrypt_in_place_detached(
                 &nonce.into(),
                 &binding(resource_type, id),
@@ -787,7 +795,7 @@ mod tests {
             epochs in 1u32..5,
         ) {
             let mut seen: HashSet<(u32, [u8; 24])> = HashSet::new();
-            let mut seen_v2: HashSet<(u32, [u8; 24])> = HashSet::new();
+            let mut seen_v2: HashSet<(u32, [u8; 12])> = HashSet::new();
             for epoch in 0..epochs {
                 let k = ScopeKey::generate("default", epoch, &hypercore_rs::OsEntropy).unwrap();
                 for m in &msgs {
@@ -803,8 +811,9 @@ mod tests {
                         // The same for sealed resources (v2), under their
                         // own key.
                         let ct = k.seal_v2("Observation", "o1", m, entropy).unwrap();
-                        n.copy_from_slice(&ct[..24]);
-                        prop_assert!(seen_v2.insert((epoch, n)), "v2 nonce reused under epoch {}", epoch);
+                        let mut n2 = [0u8; 12];
+                        n2.copy_from_slice(&ct[..12]);
+                        prop_assert!(seen_v2.insert((epoch, n2)), "v2 nonce reused under epoch {}", epoch);
                         let text = b64_encode(&ct);
                         prop_assert_eq!(k.open_v2("Observation", "o1", text.as_bytes()).unwrap(), m.clone());
                     }
