@@ -77,18 +77,24 @@ struct Finality(HashMap<u64, [u8; 32]>);
 
 impl Finality {
     async fn check(&mut self, bases: &[&Autobase], seed: u64) {
-        for b in bases {
+        for (i, b) in bases.iter().enumerate() {
             let il = b.indexed_length().await;
             let h = b.view_hash("view").await.unwrap();
             let was = *self.0.entry(il).or_insert(h);
-            assert_eq!(was, h, "seed {seed}: indexed length {il} has two views");
+            assert_eq!(
+                was, h,
+                "seed {seed}: indexed length {il} has two views (peer {i})"
+            );
         }
     }
 }
 
 /// `restart`: one honest peer restarts from storage in the middle of the
 /// meeting, once it holds a proof against the liar and before the cut.
-async fn run(seed: u64, liar_indexes: bool, restart: bool) {
+/// `majority_fork`: a also sees the liar's first fork (with b) during the
+/// fork phase, so an indexing liar and a, b (three of four indexers)
+/// commit on that fork past the fork position while c holds the other.
+async fn run(seed: u64, liar_indexes: bool, restart: bool, majority_fork: bool) {
     let mut rng = Rng(seed | 1);
     let mut fin = Finality::default();
     let stores: Vec<Arc<dyn Storage>> = (0..3)
@@ -130,6 +136,7 @@ async fn run(seed: u64, liar_indexes: bool, restart: bool) {
     assert_eq!(l2.local_writer_key(), lkey);
     let src = l1.store().get_by_key(lkey).await.unwrap();
     let dst = l2.store().get_by_key(lkey).await.unwrap();
+    let fork_at = src.length();
     for i in 0..src.length() {
         dst.append(&src.get(i).await.unwrap().unwrap())
             .await
@@ -154,6 +161,9 @@ async fn run(seed: u64, liar_indexes: bool, restart: bool) {
     // (and a, alone) write too, naming what they saw.
     link(&l1, &b, &mut links);
     link(&l2, &c, &mut links);
+    if majority_fork {
+        link(&a, &l1, &mut links);
+    }
     let mut puts = Vec::new();
     l1.append(b"pfork=one".to_vec()).await.unwrap();
     l2.append(b"pfork=two".to_vec()).await.unwrap();
@@ -175,12 +185,19 @@ async fn run(seed: u64, liar_indexes: bool, restart: bool) {
         for x in [&l1, &b, &l2, &c] {
             x.update().await.unwrap();
         }
+        if majority_fork {
+            a.update().await.unwrap();
+        }
+        fin.check(&[&a, &b, &c], seed).await;
         tokio::task::yield_now().await;
     }
     // Let b and c read the liar's latest and name it.
     for _ in 0..50 {
         for x in [&l1, &b, &l2, &c] {
             x.update().await.unwrap();
+        }
+        if majority_fork {
+            a.update().await.unwrap();
         }
         tokio::task::yield_now().await;
     }
@@ -189,6 +206,20 @@ async fn run(seed: u64, liar_indexes: bool, restart: bool) {
     puts.push("bseen".into());
     puts.push("cseen".into());
     fin.check(&[&a, &b, &c], seed).await;
+    if majority_fork {
+        // The case this mode is for: the first fork was committed past the
+        // fork position (with the liar's votes) before anyone saw a proof.
+        let cp = a.checkpoint().await;
+        let committed = cp
+            .writers
+            .iter()
+            .find(|w| w.key == lkey)
+            .map_or(0, |w| w.committed);
+        assert!(
+            committed > fork_at,
+            "seed {seed}: the liar's fork was not committed past {fork_at} ({committed})"
+        );
+    }
     cut_links(&mut links).await;
 
     // The liar goes away; the honest peers meet. Everyone serves
@@ -213,6 +244,19 @@ async fn run(seed: u64, liar_indexes: bool, restart: bool) {
         let honest = [&a, &b, &c];
         for x in honest {
             x.update().await.unwrap();
+        }
+        if majority_fork && step % 20 == 0 {
+            let mut s = String::new();
+            for x in honest {
+                s += &format!(
+                    " il {} len {} proofs {} ff {} |",
+                    x.indexed_length().await,
+                    x.length().await,
+                    x.equivocations().await.len(),
+                    x.needs_fast_forward().await
+                );
+            }
+            eprintln!("seed {seed} step {step}:{s}");
         }
         fin.check(&honest, seed).await;
         let mut cut_everywhere = true;
@@ -368,14 +412,14 @@ async fn run(seed: u64, liar_indexes: bool, restart: bool) {
 #[tokio::test]
 async fn a_forking_writer_is_cut_alike_everywhere() {
     for seed in 1..=4u64 {
-        run(seed * 0x9e37_79b9, false, false).await;
+        run(seed * 0x9e37_79b9, false, false, false).await;
     }
 }
 
 #[tokio::test]
 async fn a_forking_indexer_is_cut_alike_everywhere() {
     for seed in 1..=6u64 {
-        run(seed * 0x9e37_79b9, true, false).await;
+        run(seed * 0x9e37_79b9, true, false, false).await;
     }
 }
 
@@ -384,6 +428,24 @@ async fn a_forking_indexer_is_cut_alike_everywhere() {
 #[tokio::test]
 async fn a_forking_indexer_is_cut_after_a_restart_in_the_middle() {
     for seed in 7..=10u64 {
-        run(seed * 0x9e37_79b9, true, true).await;
+        run(seed * 0x9e37_79b9, true, true, false).await;
+    }
+}
+
+/// Known gap (DESIGN.md, "A forking indexer", Limits): the liar and a, b
+/// commit on the first fork past the fork position, c holds the second.
+/// c then decides on its own from a's and b's nodes without the liar's
+/// nodes they were decided with (another order: the finality check fails
+/// in some runs, at an indexed length both sides reach), and the honest
+/// peers never converge (c cannot fast-forward either: a checkpoint signed
+/// by a and b is 2 of 4). Ignored: it fails, after the meeting loop runs
+/// out (about 3 minutes a seed) when the finality check does not trip
+/// first. Run with
+/// `cargo test -p autobase-rs --test equivocation -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "known gap: a fork committed with the forking indexer's vote does not converge"]
+async fn a_fork_committed_with_the_forking_indexers_vote_converges() {
+    for seed in 1..=3u64 {
+        run(seed * 0x9e37_79b9, true, false, true).await;
     }
 }
