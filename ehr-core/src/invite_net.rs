@@ -518,10 +518,18 @@ impl SecureRecord {
                     })
                 });
                 // Beside the sessions: rotate keys away from lost
-                // redemptions as soon as the view shows them.
-                futures::pin_mut!(sessions);
-                futures::pin_mut!(watch);
-                let sessions = futures::future::select(sessions, watch).map(|_| ());
+                // redemptions as soon as the view shows them (if the watch
+                // ends first, the base's events closed: the sessions go
+                // on without it).
+                let sessions = async {
+                    futures::pin_mut!(sessions);
+                    futures::pin_mut!(watch);
+                    if let futures::future::Either::Right((_, sessions)) =
+                        futures::future::select(sessions, watch).await
+                    {
+                        sessions.await;
+                    }
+                };
                 // And the checkpoint duty, as `Record::serve` runs it.
                 beside_duty(self.record(), sessions).await;
                 Ok(())
