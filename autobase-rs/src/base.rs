@@ -1285,17 +1285,7 @@ impl Autobase {
         let mut list: Vec<&Equivocation> = st.proofs.values().collect();
         list.sort_by_key(|p| p.writer());
         let bytes = postcard::to_allocvec(&list).map_err(|_| Error::Corrupt("encode proofs"))?;
-        let mut b = StorageBatch::new();
-        b.push(Op::PutMeta {
-            key: self.inner.proofs_key.clone(),
-            value: bytes,
-        });
-        self.inner
-            .store
-            .storage()
-            .write(b)
-            .await
-            .map_err(hypercore_rs::Error::from)?;
+        self.put_meta(&self.inner.proofs_key, bytes).await?;
         if lower.is_none() {
             self.emit(Event::Equivocation { writer });
         }
@@ -1752,18 +1742,7 @@ impl Autobase {
     async fn persist_chain(&self, st: &State) -> Result<(), Error> {
         let bytes =
             postcard::to_allocvec(&st.transitions).map_err(|_| Error::Corrupt("encode chain"))?;
-        let mut b = StorageBatch::new();
-        b.push(Op::PutMeta {
-            key: self.inner.chain_key.clone(),
-            value: bytes,
-        });
-        self.inner
-            .store
-            .storage()
-            .write(b)
-            .await
-            .map_err(hypercore_rs::Error::from)?;
-        Ok(())
+        self.put_meta(&self.inner.chain_key, bytes).await
     }
 
     /// Takes in signatures over a transition checkpoint heard from a peer.
@@ -2024,10 +2003,16 @@ impl Autobase {
             tips: self.committed_tips(st),
         };
         let bytes = postcard::to_allocvec(&rec).map_err(|_| Error::Corrupt("encode record"))?;
+        self.put_meta(&self.inner.record_key, bytes).await
+    }
+
+    /// Writes one meta value (the system record, the checkpoint chain, the
+    /// equivocation proofs) to the store's storage.
+    async fn put_meta(&self, key: &[u8], value: Vec<u8>) -> Result<(), Error> {
         let mut b = StorageBatch::new();
         b.push(Op::PutMeta {
-            key: self.inner.record_key.clone(),
-            value: bytes,
+            key: key.to_vec(),
+            value,
         });
         self.inner
             .store
