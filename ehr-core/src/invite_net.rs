@@ -38,7 +38,7 @@ use crate::error::Error;
 use crate::invite::{Invite, InviteError, Redemption};
 use crate::op::WriterKey;
 use crate::secure::SecureRecord;
-use crate::sync::{beside, beside_duty, drive, run_sessions, SyncHandle};
+use crate::sync::{beside_duty, drive, run_sessions, SyncHandle};
 use futures::channel::oneshot;
 use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use std::collections::BTreeSet;
@@ -521,7 +521,15 @@ impl SecureRecord {
                 // redemptions as soon as the view shows them (if the watch
                 // ends first, the base's events closed: the sessions go
                 // on without it).
-                let sessions = beside(sessions, watch);
+                let sessions = async {
+                    futures::pin_mut!(sessions);
+                    futures::pin_mut!(watch);
+                    if let futures::future::Either::Right((_, sessions)) =
+                        futures::future::select(sessions, watch).await
+                    {
+                        sessions.await;
+                    }
+                };
                 // And the checkpoint duty, as `Record::serve` runs it.
                 beside_duty(self.record(), sessions).await;
                 Ok(())

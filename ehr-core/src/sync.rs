@@ -269,16 +269,16 @@ impl Record {
 /// for as long as the sessions run; if the duty stops first (its extension
 /// channel closed), replication goes on without it.
 pub(crate) async fn beside_duty<F: Future<Output = ()>>(record: &Record, sessions: F) {
-    beside(sessions, record.checkpoint_duty(CHECKPOINT_WAIT)).await
-}
-
-/// Runs `side` next to `main` until `main` ends; if `side` ends first,
-/// `main` goes on alone.
-pub(crate) async fn beside<M: Future<Output = ()>, S: Future>(main: M, side: S) {
-    futures::pin_mut!(main);
-    futures::pin_mut!(side);
-    if let futures::future::Either::Right((_, main)) = futures::future::select(main, side).await {
-        main.await;
+    // Boxed: the duty's state is large, and nested in the sessions' future
+    // it would be moved through the stack on every level (debug builds
+    // came close to a 2 MiB thread stack).
+    let duty = Box::pin(record.checkpoint_duty(CHECKPOINT_WAIT));
+    futures::pin_mut!(sessions);
+    futures::pin_mut!(duty);
+    if let futures::future::Either::Right((_, sessions)) =
+        futures::future::select(sessions, duty).await
+    {
+        sessions.await;
     }
 }
 
