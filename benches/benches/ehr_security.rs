@@ -11,70 +11,13 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use ehr_core::keys::Identity;
-use ehr_core::scope_crypto::{seal_resource, Keyring, ScopeKey};
-use ehr_core::{Record, SecureRecord};
+use ehr_core::scope_crypto::Keyring;
+use ehr_core::SecureRecord;
 use futures::executor::block_on;
-use hypercore_rs::{MemoryStorage, OsEntropy, SeededEntropy};
+use hypercore_rs::OsEntropy;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
-fn record() -> Record {
-    block_on(
-        Record::builder(Arc::new(MemoryStorage::new()))
-            .entropy(Arc::new(SeededEntropy::new(1)))
-            .create("p"),
-    )
-    .expect("record")
-}
-
-/// An Observation of 421 bytes (o1..o9: shorter ids), or padded by `pad`
-/// bytes of note text.
-fn obs_padded(i: u64, pad: usize) -> Vec<u8> {
-    let text = format!(
-        "measured at rest, left arm, seated, after five minutes{}",
-        "x".repeat(pad)
-    );
-    String::from_utf8(obs(i))
-        .expect("utf8")
-        .replace(
-            "measured at rest, left arm, seated, after five minutes",
-            &text,
-        )
-        .into_bytes()
-}
-
-fn obs(i: u64) -> Vec<u8> {
-    format!(
-        r#"{{"resourceType":"Observation","id":"o{i}","status":"final","subject":{{"reference":"Patient/p"}},"code":{{"coding":[{{"system":"http://loinc.org","code":"8480-6","display":"Systolic blood pressure"}}]}},"effectiveDateTime":"2024-05-01T08:00:00+02:00","valueQuantity":{{"value":120.5,"unit":"mm[Hg]","system":"http://unitsofmeasure.org","code":"mm[Hg]"}},"note":[{{"text":"measured at rest, left arm, seated, after five minutes"}}]}}"#
-    )
-    .into_bytes()
-}
-
-/// Imports Observations `from..to` (padded by `EHR_GET_PAD` bytes),
-/// sealed under `key` if given, 500 per Bundle.
-fn fill(record: &Record, from: u64, to: u64, key: Option<&ScopeKey>) {
-    let pad = ehr_benches::env_usize("EHR_GET_PAD", 0);
-    let mut i = from;
-    while i < to {
-        let mut entries = Vec::new();
-        for j in i..(i + 500).min(to) {
-            let bytes = match key {
-                Some(key) => seal_resource(key, &obs_padded(j, pad), &OsEntropy).expect("seal"),
-                None => obs_padded(j, pad),
-            };
-            entries.push(format!(
-                "{{\"resource\":{}}}",
-                String::from_utf8(bytes).expect("utf8")
-            ));
-        }
-        let bundle = format!(
-            "{{\"resourceType\":\"Bundle\",\"type\":\"collection\",\"entry\":[{}]}}",
-            entries.join(",")
-        );
-        block_on(record.import_bundle(bundle.as_bytes())).expect("fill");
-        i += 500;
-    }
-}
+use ehr_benches::security::{fill, obs, read_records, record};
 
 fn put_get(c: &mut Criterion) {
     let mut g = c.benchmark_group("ehr-security");
@@ -99,12 +42,8 @@ fn put_get(c: &mut Criterion) {
     // while its sealed shell is not and costs a block read; with
     // `EHR_GET_PAD=300` neither is inlined.
     let n = ehr_benches::env_usize("EHR_GET_RESOURCES", 1_000).max(2) as u64;
-    let plain = record();
-    fill(&plain, 0, n, None);
-    let secure = SecureRecord::new(record());
-    block_on(secure.put("default", obs_padded(0, 0))).expect("put");
+    let (plain, secure) = read_records(n);
     let key = secure.keyring().current("default").expect("key").clone();
-    fill(secure.record(), 1, n, Some(&key));
     let id = format!("o{}", n / 2);
     g.bench_function("get/plain", |b| {
         b.iter(|| {

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ehr;
+pub mod security;
 pub mod tcp;
 
 /// `n` pseudo-random blocks of `size` bytes from a fixed seed (BLAKE3 XOF).

@@ -690,7 +690,15 @@ fn write(out: &mut Writes, ctx: &Ctx, w: Write) {
             seq: ctx.seq,
             time: ctx.time,
             deleted,
-            body: w.body.map(Resource::into_bytes).unwrap_or_default(),
+            // A v2 sealed shell is kept packed (binary ciphertext), see
+            // `scope_crypto::pack_shell`; readers get the exact shell back.
+            body: w
+                .body
+                .map(|r| {
+                    let bytes = r.into_bytes();
+                    crate::scope_crypto::pack_shell(&bytes).unwrap_or(bytes)
+                })
+                .unwrap_or_default(),
         },
     };
     out.put(view::head_key(ty, id), encode(&head));

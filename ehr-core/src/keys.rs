@@ -200,22 +200,33 @@ pub fn open(identity: &Identity, sealed: &[u8]) -> Result<Vec<u8>, KeyError> {
 
 /// Standard base64 (with padding), for ciphertexts inside JSON.
 pub(crate) fn b64_encode(data: &[u8]) -> String {
+    let mut out = Vec::with_capacity(data.len().div_ceil(3) * 4);
+    b64_encode_into(data, &mut out);
+    // Only characters of the base64 alphabet were written.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// [`b64_encode`], appending the characters to `out`.
+pub(crate) fn b64_encode_into(data: &[u8], out: &mut Vec<u8>) {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        let idx = |s: u32| char::from(T[((n >> s) & 63) as usize]);
-        out.push(idx(18));
-        out.push(idx(12));
-        out.push(if chunk.len() > 1 { idx(6) } else { '=' });
-        out.push(if chunk.len() > 2 { idx(0) } else { '=' });
+    out.reserve(data.len().div_ceil(3) * 4);
+    let idx = |n: u32, s: u32| T[((n >> s) & 63) as usize];
+    let mut chunks = data.chunks_exact(3);
+    for c in &mut chunks {
+        let n = (u32::from(c[0]) << 16) | (u32::from(c[1]) << 8) | u32::from(c[2]);
+        out.extend_from_slice(&[idx(n, 18), idx(n, 12), idx(n, 6), idx(n, 0)]);
     }
-    out
+    match *chunks.remainder() {
+        [a] => {
+            let n = u32::from(a) << 16;
+            out.extend_from_slice(&[idx(n, 18), idx(n, 12), b'=', b'=']);
+        }
+        [a, b] => {
+            let n = (u32::from(a) << 16) | (u32::from(b) << 8);
+            out.extend_from_slice(&[idx(n, 18), idx(n, 12), idx(n, 6), b'=']);
+        }
+        _ => {}
+    }
 }
 
 /// The value of each base64 character, 0xFF for anything else.

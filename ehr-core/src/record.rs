@@ -937,12 +937,62 @@ impl Record {
 
     /// The latest live version of a resource (`None` if absent or deleted).
     pub async fn get(&self, resource_type: &str, id: &str) -> Result<Option<Version>, Error> {
-        let head = self
-            .read_head(&self.snapshot().await?, resource_type, id)
-            .await?;
-        Ok(head
-            .filter(|h| !h.deleted())
-            .map(|h| version_of(resource_type, id, h.version, h.current)))
+        Ok(self.read_latest(resource_type, id).await?.map(|l| Version {
+            target: ResourceRef {
+                resource_type: resource_type.to_owned(),
+                id: id.to_owned(),
+            },
+            version: l.version,
+            author: l.author,
+            time: l.time,
+            resource: Some(crate::scope_crypto::unpack_shell(l.body)),
+        }))
+    }
+
+    /// The latest live version's number, author, time and stored body,
+    /// decoding only those: the body is cut out of the stored value's own
+    /// buffer (it is the encoding's last field), not copied.
+    async fn read_latest(&self, ty: &str, id: &str) -> Result<Option<Latest>, Error> {
+        let key = view::head_key(ty, id);
+        let Some(entry) = self.snapshot().await?.get(&key).await? else {
+            return Ok(None);
+        };
+        let mut value = entry.value;
+        let (version, author, time, start) = {
+            let h: view::HeadRecRef<'_> = decode(&value).ok_or_else(|| corrupt(&key))?;
+            if h.current.deleted {
+                return Ok(None);
+            }
+            let start = value
+                .len()
+                .checked_sub(h.current.body.len())
+                .ok_or_else(|| corrupt(&key))?;
+            (h.version, h.current.author, h.current.time, start)
+        };
+        value.drain(..start);
+        Ok(Some(Latest {
+            version,
+            author,
+            time,
+            body: value,
+        }))
+    }
+
+    /// [`Record::get`]'s reference and body as the view keeps it: a sealed
+    /// shell stays packed (see `scope_crypto::pack_shell`), for the
+    /// secure read path, which opens that form without a base64 round trip.
+    pub(crate) async fn get_stored(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<(ResourceRef, Vec<u8>)>, Error> {
+        Ok(self.read_latest(resource_type, id).await?.map(|l| {
+            let target = ResourceRef {
+                resource_type: resource_type.to_owned(),
+                id: id.to_owned(),
+            };
+            (target, l.body)
+        }))
     }
 
     /// The latest state of a resource, with conflict markers.
@@ -1375,6 +1425,15 @@ fn token_in(query: &str, stored: &[String]) -> bool {
         .any(|t| t.rsplit_once('|').is_some_and(|(_, code)| code == query))
 }
 
+/// What [`Record::read_latest`] reads of a resource's head record.
+struct Latest {
+    version: u64,
+    author: WriterKey,
+    time: u64,
+    /// As stored (a sealed shell packed).
+    body: Vec<u8>,
+}
+
 fn version_of(ty: &str, id: &str, version: u64, rec: VersionRec) -> Version {
     Version {
         target: ResourceRef {
@@ -1384,6 +1443,6 @@ fn version_of(ty: &str, id: &str, version: u64, rec: VersionRec) -> Version {
         version,
         author: rec.author,
         time: rec.time,
-        resource: (!rec.deleted).then_some(rec.body),
+        resource: (!rec.deleted).then(|| crate::scope_crypto::unpack_shell(rec.body)),
     }
 }

@@ -13,14 +13,21 @@
 //! | `v/<Type>/<id>/<version u64 BE>` | [`VersionRec`]: an older version |
 //! | `x/<kind>/<Type>\0<value>\0<date>` + id | index entry (empty value) |
 //! | `j/<writer><seq u64 BE><index u32 BE>` | [`RejectedRec`] |
+//!
+//! A version's body is the resource's JSON bytes as written, except a v2
+//! sealed shell, which is kept *packed* (format 2): the envelope's base64
+//! replaced by the binary it encodes (`scope_crypto::pack_shell`). Every
+//! read through the record's API turns it back into the exact shell bytes.
 
 use crate::consent::Grant;
 use crate::fhir::{date_key, ResourceInfo};
 use crate::op::WriterKey;
 use serde::{Deserialize, Serialize};
 
-/// The view layout version written by this code.
-pub const VIEW_FORMAT: u8 = 1;
+/// The view layout version written by this code (2: sealed shells kept
+/// packed; a view written by format 1 holds them as JSON, which every
+/// reader still takes).
+pub const VIEW_FORMAT: u8 = 2;
 
 pub(crate) const FORMAT: &[u8] = b"m/format";
 pub(crate) const GENESIS: &[u8] = b"m/genesis";
@@ -114,6 +121,65 @@ pub(crate) struct HeadRec {
 impl HeadRec {
     pub(crate) fn deleted(&self) -> bool {
         self.current.deleted
+    }
+}
+
+/// [`HeadRec`] as a read of the latest version decodes it: the same
+/// layout, but the conflicts and indexed fields are only stepped over and
+/// the body is borrowed from the stored value (a read allocates nothing
+/// here). The body is the last field of the encoding, so it is exactly the
+/// value's tail (see `Record::read_latest`).
+#[derive(Deserialize)]
+pub(crate) struct HeadRecRef<'a> {
+    pub(crate) version: u64,
+    _conflicts: Skip<u64>,
+    #[serde(borrow)]
+    _fields: FieldsRef<'a>,
+    #[serde(borrow)]
+    pub(crate) current: VersionRecRef<'a>,
+}
+
+/// [`Fields`], stepped over.
+#[derive(Deserialize)]
+struct FieldsRef<'a> {
+    _date: Option<i64>,
+    #[serde(borrow)]
+    _codes: Skip<&'a str>,
+    #[serde(borrow)]
+    _categories: Skip<&'a str>,
+    _encounter: Option<&'a str>,
+}
+
+/// [`VersionRec`] with a borrowed body.
+#[derive(Deserialize)]
+pub(crate) struct VersionRecRef<'a> {
+    pub(crate) author: WriterKey,
+    pub(crate) _seq: u64,
+    pub(crate) time: u64,
+    pub(crate) deleted: bool,
+    pub(crate) body: &'a [u8],
+}
+
+/// A sequence of `T` decoded and dropped, element by element.
+struct Skip<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Skip<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Each<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Each<T> {
+            type Value = Skip<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a sequence")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Skip<T>, A::Error> {
+                while a.next_element::<T>()?.is_some() {}
+                Ok(Skip(std::marker::PhantomData))
+            }
+        }
+        d.deserialize_seq(Each(std::marker::PhantomData))
     }
 }
 
@@ -239,4 +305,46 @@ pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 
 pub(crate) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Option<T> {
     postcard::from_bytes(bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// The read path's borrowed decode sees what the full decode sees,
+        /// and the body is the stored value's tail (the read cuts it out
+        /// of the value's buffer by that).
+        #[test]
+        fn the_borrowed_head_decode_matches_the_full_one(
+            version in any::<u64>(),
+            conflicts in proptest::collection::vec(any::<u64>(), 0..4),
+            date in any::<Option<i64>>(),
+            codes in proptest::collection::vec("[a-z|0-9]{0,20}", 0..4),
+            categories in proptest::collection::vec("[a-z|]{0,12}", 0..3),
+            encounter in proptest::option::of("[a-z0-9]{1,12}"),
+            author in any::<[u8; 32]>(),
+            seq in any::<u64>(),
+            time in any::<u64>(),
+            deleted in any::<bool>(),
+            body in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let h = HeadRec {
+                version,
+                conflicts,
+                fields: Fields { date, codes, categories, encounter },
+                current: VersionRec { author, seq, time, deleted, body: body.clone() },
+            };
+            let bytes = encode(&h);
+            let r: HeadRecRef<'_> = decode(&bytes).unwrap();
+            prop_assert_eq!(r.version, version);
+            prop_assert_eq!(r.current.author, author);
+            prop_assert_eq!(r.current.time, time);
+            prop_assert_eq!(r.current.deleted, deleted);
+            prop_assert_eq!(r.current.body, &body[..]);
+            prop_assert_eq!(&bytes[bytes.len() - body.len()..], &body[..]);
+        }
+    }
 }
