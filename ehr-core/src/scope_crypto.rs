@@ -680,7 +680,7 @@ fn envelope_span(stored: &[u8]) -> Option<(usize, usize)> {
 /// [`open_resource`] for a shell read from the record at `resource_type`
 /// / `id` (the view's key, which `apply` guarantees the shell names): the
 /// read path. A packed shell (the view's form of a v2 shell, see
-/// [`pack_shell`]) is opened from its binary ciphertext; a v2 shell in
+/// `pack_shell`) is opened from its binary ciphertext; a v2 shell in
 /// JSON has its envelope found by a byte scan. Either is decrypted with
 /// `resource_type` and `id` as associated data, so a ciphertext from
 /// anywhere else fails authentication. Anything else (v1 shells, other
