@@ -171,7 +171,7 @@ struct Opened {
 
 type SlotHash = std::hash::BuildHasherDefault<SlotHasher>;
 
-/// The identity hash of a `u64` slot (slots are SipHash outputs).
+/// The identity hash of a `u64` slot (slots are already hashes).
 #[derive(Default)]
 struct SlotHasher(u64);
 
@@ -200,11 +200,18 @@ impl Opened {
     /// The slot of a resource: its type and id (one shell per resource is
     /// kept; a hit still compares every byte of the shell).
     fn slot(resource_type: &str, id: &str) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        resource_type.hash(&mut h);
-        id.hash(&mut h);
-        h.finish()
+        // FNV-1a: names are short and chosen by writers, but a collision
+        // only costs a miss (a hit compares the whole shell).
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in resource_type
+            .as_bytes()
+            .iter()
+            .chain(&[0])
+            .chain(id.as_bytes())
+        {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        h
     }
 
     fn get(&self, slot: u64, stored: &[u8]) -> Option<Vec<u8>> {
