@@ -495,7 +495,9 @@ impl SecureRecord {
         swarm
             .join(&topic, JoinMode::BOTH)
             .map_err(|e| Error::Storage(format!("swarm stopped: {e}")))?;
-        let watch = self.clone().rotate_lost_redemptions_on_update();
+        // Boxed: the watch rotates keys (puts, wraps) and its future is
+        // large; by value it made this session's future ~58 KB (debug).
+        let watch = Box::pin(self.clone().rotate_lost_redemptions_on_update());
         let work = async move {
             let serve = async {
                 let sessions = run_sessions(connections, |conn| {
