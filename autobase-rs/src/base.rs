@@ -10,6 +10,7 @@ use crate::checkpoint::{
 };
 use crate::equivocation::{Equivocation, SignedNode};
 use crate::error::{ApplyError, Error};
+use crate::forks::{ForkNode, OtherForks};
 use crate::linearizer::{HeadRef, Linearizer, NodeId, Order, Presence, WriterCheckpoint, WriterId};
 use crate::node::{verify_node, Block, Body, Node, Signed, WireHead, NODE_VERSION};
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -306,6 +307,9 @@ struct State {
     /// Whether the last pull left a block waiting on another fork of a
     /// writer that is not cut yet.
     fork_blocked: bool,
+    /// Nodes of other forks of proven forkers that heads pin: wanted and
+    /// fetched (see `forks.rs`).
+    forks: OtherForks,
     /// The checkpoints at which the indexer set changed, with the
     /// signatures of the outgoing indexers gathered so far: the chain a
     /// joiner follows from the bootstrap writer to today's indexers.
@@ -595,6 +599,7 @@ impl AutobaseBuilder {
                 evidence_written: HashMap::new(),
                 silenced: Vec::new(),
                 fork_blocked: false,
+                forks: OtherForks::default(),
                 transitions,
                 pending_transitions: Vec::new(),
                 applied: Vec::new(),
@@ -1294,6 +1299,115 @@ impl Autobase {
         Ok(())
     }
 
+    /// Wants node `node` of another fork of a proven forker and, when it is
+    /// newly wanted, asks the connected peers for it.
+    async fn want_fork(&self, st: &mut State, node: ForkNode) -> Result<(), Error> {
+        if st.proofs.contains_key(&node.0) && st.forks.want(node) {
+            let core = self.inner.store.get_by_key(self.inner.key).await?;
+            core.send_extension(
+                CHECKPOINT_EXTENSION,
+                crate::forks::request_message(MSG_FORK_WANT, &node),
+            );
+        }
+        Ok(())
+    }
+
+    /// Asks the connected peers again for every wanted node of other forks.
+    async fn resend_fork_wants(&self, core: &Core) {
+        let st = self.inner.state.lock().await;
+        for node in st.forks.wants().take(64) {
+            core.send_extension(
+                CHECKPOINT_EXTENSION,
+                crate::forks::request_message(MSG_FORK_WANT, node),
+            );
+        }
+    }
+
+    /// Takes in a block of another fork a peer sent: kept when it is a
+    /// wanted node, signed by its writer (see `forks.rs`); then the node
+    /// below it on that fork is wanted, until the chain reaches a node this
+    /// peer holds.
+    async fn add_fork_block(&self, key: [u8; 32], seq: u64, bytes: &[u8]) -> Result<(), Error> {
+        let mut st = self.inner.state.lock().await;
+        let Some(vk) = st
+            .proofs
+            .get(&key)
+            .and_then(|p| VerifyingKey::from_bytes(&p.public_key).ok())
+        else {
+            return Ok(());
+        };
+        let Some(signed) = st.forks.offer(key, seq, bytes, &vk) else {
+            return Ok(());
+        };
+        // This peer's node at that seq, if it holds one, differs: a proof
+        // at this (lower) position.
+        if let Some(o) = self.our_node(&st, key, seq).await? {
+            if o.hash != signed.hash {
+                let proof = Equivocation::new(vk.to_bytes(), seq, o, signed.node());
+                self.found(&mut st, proof).await?;
+            }
+        }
+        let Some(below) = seq.checked_sub(1) else {
+            return Ok(());
+        };
+        let prev = signed.block.prev;
+        let ours = self.our_node(&st, key, below).await?.map(|n| n.hash);
+        if ours != Some(prev) {
+            self.want_fork(&mut st, (key, below, prev)).await?;
+        }
+        Ok(())
+    }
+
+    /// Node `seq` of writer `key` as this peer holds it (in memory, else in
+    /// the writer's core).
+    async fn our_node(
+        &self,
+        st: &State,
+        key: [u8; 32],
+        seq: u64,
+    ) -> Result<Option<SignedNode>, Error> {
+        let Some(writer) = st.lin.writer_id(&key) else {
+            return Ok(None);
+        };
+        self.signed_node(st, NodeId { writer, seq }).await
+    }
+
+    /// Answers a peer's want of a node of another fork, if this peer holds
+    /// that node (in the writer's core or among the fetched blocks).
+    async fn answer_fork_want(&self, core: &Core, node: ForkNode) -> Result<(), Error> {
+        let st = self.inner.state.lock().await;
+        let (key, seq, hash) = node;
+        let mut bytes = st.forks.get(&node).map(|b| b.bytes.to_vec());
+        if bytes.is_none() {
+            if let Some(input) = st.lin.writer_id(&key).and_then(|id| st.inputs.get(&id)) {
+                if seq < input.core.length() {
+                    if let Some(b) = input.core.get(seq).await? {
+                        if Block::decode(&b, seq).is_some_and(|s| s.hash == hash) {
+                            bytes = Some(b);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(b) = bytes {
+            core.send_extension(
+                CHECKPOINT_EXTENSION,
+                crate::forks::block_message(MSG_FORK_BLOCK, &key, seq, &b),
+            );
+        }
+        Ok(())
+    }
+
+    /// The nodes of another fork of `writer` (a proven forker) that this
+    /// peer fetched because heads it read pin them: `(seq, node hash)`, by
+    /// seq. Each block is verified against the hash a signed node named
+    /// (the pinned node by the pin, every node below it by the `prev` of
+    /// the node above), down to the fork point. They are held, not yet
+    /// placed in the DAG (see `DESIGN.md`, "A forking indexer").
+    pub async fn other_fork(&self, writer: [u8; 32]) -> Vec<(u64, [u8; 32])> {
+        self.inner.state.lock().await.forks.list(&writer)
+    }
+
     /// Reads every input's new blocks into the linearizer, as far as their
     /// heads are known.
     async fn pull(&self, st: &mut State) -> Result<(), Error> {
@@ -1490,6 +1604,12 @@ impl Autobase {
                     Self::freeze(st, id);
                     return Ok(false);
                 }
+                // A node of the fork this peer's core does not hold: fetch
+                // it (and the chain below it) from the peers that do.
+                let ours = self.read_signed(st, node).await?.map(|b| b.hash);
+                if ours.is_some_and(|o| o != named.hash) {
+                    self.want_fork(st, (h.key, node.seq, named.hash)).await?;
+                }
                 exact = false;
                 continue;
             }
@@ -1543,6 +1663,7 @@ impl Autobase {
                         Ok(Some(wk)) if verify_node(&wk, &named.hash, &named.signature) => {
                             let proof = Equivocation::new(wk.to_bytes(), node.seq, o, named);
                             self.found(st, proof).await?;
+                            self.want_fork(st, (h.key, node.seq, named.hash)).await?;
                             st.fork_blocked = true;
                             return Ok(false);
                         }
@@ -2033,6 +2154,8 @@ const MSG_OFFER: u8 = 1;
 const MSG_BLOCKS: u8 = 2;
 const MSG_EQUIVOCATION: u8 = 3;
 const MSG_TRANSITION: u8 = 4;
+const MSG_FORK_WANT: u8 = 5;
+const MSG_FORK_BLOCK: u8 = 6;
 /// Block bytes per answer message (one larger block goes alone).
 const CHUNK_BYTES: usize = 256 * 1024;
 /// Distinct checkpoints a joiner keeps while waiting (forged ones included).
@@ -2192,6 +2315,7 @@ impl Autobase {
                 e = events.next() => {
                     if let Some(Event::Updated { .. }) = e {
                         self.push_signature(&core, &mut pushed).await;
+                        self.resend_fork_wants(&core).await;
                         for t in self.checkpoint_chain().await {
                             let mark = (t.checkpoint.signable(), t.signatures.len());
                             if !t.signatures.is_empty() && pushed_chain.insert(mark) {
@@ -2215,6 +2339,18 @@ impl Autobase {
                 Some((&MSG_TRANSITION, body)) => {
                     if let Ok(t) = SignedCheckpoint::decode(body) {
                         self.add_transition(t).await?;
+                    }
+                    continue;
+                }
+                Some((&MSG_FORK_WANT, body)) => {
+                    if let Some(node) = crate::forks::decode_request(body) {
+                        self.answer_fork_want(&core, node).await?;
+                    }
+                    continue;
+                }
+                Some((&MSG_FORK_BLOCK, body)) => {
+                    if let Some((key, seq, bytes)) = crate::forks::decode_block(body) {
+                        self.add_fork_block(key, seq, bytes).await?;
                     }
                     continue;
                 }
