@@ -249,11 +249,16 @@ async fn run(seed: u64, liar_indexes: bool, restart: bool, majority_fork: bool) 
             let mut s = String::new();
             for x in honest {
                 s += &format!(
-                    " il {} len {} proofs {} ff {} |",
+                    " il {} len {} proofs {:?} ff {} fetched {} |",
                     x.indexed_length().await,
                     x.length().await,
-                    x.equivocations().await.len(),
-                    x.needs_fast_forward().await
+                    x.equivocations()
+                        .await
+                        .iter()
+                        .map(|p| p.seq)
+                        .collect::<Vec<_>>(),
+                    x.needs_fast_forward().await,
+                    x.other_fork(lkey).await.len()
                 );
             }
             eprintln!("seed {seed} step {step}:{s}");
