@@ -264,6 +264,26 @@ async fn run(seed: u64, liar_indexes: bool, restart: bool, majority_fork: bool) 
             eprintln!("seed {seed} step {step}:{s}");
         }
         fin.check(&honest, seed).await;
+        // The liar is cut at one point on every peer: two indexed cuts
+        // never differ (a fast, direct form of the finality check).
+        let mut indexed_cuts = Vec::new();
+        for (i, x) in honest.iter().enumerate() {
+            let cp = x.checkpoint().await;
+            if let Some(c) = cp
+                .members
+                .iter()
+                .find(|w| w.key == lkey)
+                .and_then(|w| w.cut)
+            {
+                indexed_cuts.push((i, c.at, cp.indexed_length));
+            }
+        }
+        for w in indexed_cuts.windows(2) {
+            assert_eq!(
+                w[0].1, w[1].1,
+                "seed {seed}: the liar is cut at two points (peer, at, indexed length): {indexed_cuts:?}"
+            );
+        }
         let mut cut_everywhere = true;
         for x in honest {
             let w = x.writers().await;
