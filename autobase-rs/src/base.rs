@@ -725,7 +725,19 @@ impl Autobase {
     pub async fn update(&self) -> Result<(), Error> {
         let mut st = self.inner.state.lock().await;
         self.pull(&mut st).await?;
-        self.settle(&mut st).await
+        self.settle(&mut st).await?;
+        if st.fork_blocked {
+            // Blocked on another fork's nodes: ask for them again (a want
+            // sent while no peer that holds them listened is lost).
+            let core = self.inner.store.get_by_key(self.inner.key).await?;
+            for node in st.forks.wants().take(64) {
+                core.send_extension(
+                    CHECKPOINT_EXTENSION,
+                    crate::forks::request_message(MSG_FORK_WANT, node),
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Number of indexed (final) nodes.
