@@ -310,6 +310,10 @@ struct State {
     /// Nodes of other forks of proven forkers that heads pin: wanted and
     /// fetched (see `forks.rs`).
     forks: OtherForks,
+    /// Attestations and choices for forking indexers.
+    choice: ForkState,
+    /// Per forker with a chosen fork: whether this peer's core holds it.
+    on_chosen: HashMap<[u8; 32], bool>,
     /// The checkpoints at which the indexer set changed, with the
     /// signatures of the outgoing indexers gathered so far: the chain a
     /// joiner follows from the bootstrap writer to today's indexers.
@@ -346,6 +350,66 @@ impl State {
     }
 }
 
+/// (forker, fork position, author) of an attestation.
+type Attestor = ([u8; 32], u64, [u8; 32]);
+
+/// What a peer knows and decided about forking indexers (the attested
+/// fork choice, `DESIGN.md`): per forker key.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct ForkState {
+    /// This peer's own attestation: (fork position, hash of the forker's
+    /// node there in the past of its own chain), taken when it learnt the
+    /// proof, written with its next evidence node.
+    mine: Vec<([u8; 32], u64, Option<[u8; 32]>)>,
+    /// Attestations read: (forker, fork position, author) -> seen; the
+    /// first of each author at each position.
+    read: Vec<(Attestor, Option<[u8; 32]>)>,
+    /// Choices made: (forker, fork position, chosen fork: the hash of its
+    /// node at the position, or `None` for "silenced at the position").
+    chosen: Vec<([u8; 32], u64, Option<[u8; 32]>)>,
+}
+
+impl ForkState {
+    fn mine(&self, forker: &[u8; 32], f: u64) -> Option<Option<[u8; 32]>> {
+        self.mine
+            .iter()
+            .find(|(k, s, _)| k == forker && *s == f)
+            .map(|x| x.2)
+    }
+    fn set_mine(&mut self, forker: [u8; 32], f: u64, seen: Option<[u8; 32]>) {
+        self.mine.retain(|(k, _, _)| *k != forker);
+        self.mine.push((forker, f, seen));
+    }
+    fn record(&mut self, forker: [u8; 32], f: u64, author: [u8; 32], seen: Option<[u8; 32]>) {
+        if !self.read.iter().any(|(k, _)| *k == (forker, f, author)) {
+            self.read.push(((forker, f, author), seen));
+        }
+    }
+    fn attested(&self, forker: &[u8; 32], f: u64, author: &[u8; 32]) -> Option<Option<[u8; 32]>> {
+        self.read
+            .iter()
+            .find(|((k, s, a), _)| k == forker && *s == f && a == author)
+            .map(|x| x.1)
+    }
+    fn chosen(&self, forker: &[u8; 32], f: u64) -> Option<Option<[u8; 32]>> {
+        self.chosen
+            .iter()
+            .find(|(k, s, _)| k == forker && *s == f)
+            .map(|x| x.2)
+    }
+}
+
+/// What the fork choice says about a proven forking indexer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Choice {
+    /// Not decided yet (attestations missing): nothing is committed.
+    Open,
+    /// Silenced at the position, whichever fork.
+    Silence,
+    /// The fork whose node at the position has this hash.
+    Fork([u8; 32]),
+}
+
 struct Inner {
     store: Corestore,
     key: [u8; 32],
@@ -357,6 +421,8 @@ struct Inner {
     chain_key: Vec<u8>,
     /// Store meta key of the equivocation proofs this peer holds.
     proofs_key: Vec<u8>,
+    /// Store meta key of the fork choices made (see [`ForkState`]).
+    forks_key: Vec<u8>,
     clock: Option<Arc<dyn hypercore_rs::Clock>>,
     apply: Box<dyn Apply>,
     state: AsyncMutex<State>,
@@ -516,6 +582,17 @@ impl AutobaseBuilder {
                 }
             }
         }
+        let forks_key = format!("autobase-rs/{}/forks", hex(&key)).into_bytes();
+        let fork_state: ForkState = match storage
+            .meta(&forks_key)
+            .await
+            .map_err(hypercore_rs::Error::from)?
+        {
+            Some(bytes) => {
+                postcard::from_bytes(&bytes).map_err(|_| Error::Corrupt("fork choices"))?
+            }
+            None => ForkState::default(),
+        };
         let mut cores = Vec::with_capacity(self.views.len());
         for name in &self.views {
             cores.push(base_ns.get(&format!("view/{name}")).await?);
@@ -588,6 +665,7 @@ impl AutobaseBuilder {
             record_key,
             chain_key: chain_key.clone(),
             proofs_key,
+            forks_key,
             clock: self.clock,
             apply: self.apply,
             state: AsyncMutex::new(State {
@@ -600,6 +678,8 @@ impl AutobaseBuilder {
                 silenced: Vec::new(),
                 fork_blocked: false,
                 forks: OtherForks::default(),
+                choice: fork_state,
+                on_chosen: HashMap::new(),
                 transitions,
                 pending_transitions: Vec::new(),
                 applied: Vec::new(),
@@ -942,7 +1022,8 @@ impl Autobase {
             .collect();
         let trusted =
             crate::checkpoint::follow_chain(&self.inner.key, &st.base_host.indexer_keys(), &links);
-        signed.verify(&self.inner.key, &trusted)?;
+        let proven: Vec<[u8; 32]> = st.proofs.keys().copied().collect();
+        signed.verify_without(&self.inner.key, &trusted, &proven)?;
         let cp = &signed.checkpoint;
         let have = st.lin.committed_count();
         if cp.indexed_length <= have {
@@ -1070,7 +1151,23 @@ impl Autobase {
     /// when this holds.
     pub async fn needs_fast_forward(&self) -> bool {
         let st = self.inner.state.lock().await;
-        st.fork_blocked && st.proofs.keys().any(|w| st.base_host.cut(w).is_none())
+        let off_chosen = st.proofs.keys().any(|w| {
+            matches!(self.fork_choice(&st, w), Some((_, Choice::Fork(_))))
+                && st.on_chosen.get(w) != Some(&true)
+        });
+        off_chosen || (st.fork_blocked && st.proofs.keys().any(|w| st.base_host.cut(w).is_none()))
+    }
+
+    /// The writers this peer holds a valid proof against.
+    async fn proven(&self) -> Vec<[u8; 32]> {
+        self.inner
+            .state
+            .lock()
+            .await
+            .proofs
+            .keys()
+            .copied()
+            .collect()
     }
 
     /// The proofs of forked inputs this peer holds (read or heard), by
@@ -1127,11 +1224,29 @@ impl Autobase {
         if let Some(c) = &self.inner.clock {
             options.clock = c.clone();
         }
-        self.inner
-            .store
-            .replicate(io, options)
-            .await
-            .map_err(|e| Error::Replication(e.to_string()))
+        // Blocks of other forks this peer wants are taken in here too, so a
+        // peer that does not run `serve_checkpoints` gets them.
+        let core = self.inner.store.get_by_key(self.inner.key).await?;
+        let mut rx = core.extension(CHECKPOINT_EXTENSION);
+        let this = self.clone();
+        let listen = async move {
+            while let Some((_, msg)) = rx.next().await {
+                if let Some((&MSG_FORK_BLOCK, body)) = msg.split_first() {
+                    if let Some((key, seq, bytes)) = crate::forks::decode_block(body) {
+                        if this.add_fork_block(key, seq, bytes).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        let session = self.inner.store.replicate(io, options);
+        futures::pin_mut!(listen, session);
+        let result = match futures::future::select(session, listen).await {
+            futures::future::Either::Left((r, _)) => r,
+            futures::future::Either::Right(((), session)) => session.await,
+        };
+        result.map_err(|e| Error::Replication(e.to_string()))
     }
 
     /// Makes everything written so far durable.
@@ -1172,6 +1287,13 @@ impl Autobase {
     }
 
     async fn write_local(&self, st: &mut State, body: Body) -> Result<(), Error> {
+        if body.evidence().is_none() {
+            // Evidence goes first: an indexer's attestation describes its
+            // chain as it was when it learnt the proof.
+            if let Some(proof) = self.evidence_to_write(st) {
+                Box::pin(self.write_evidence(st, proof)).await?;
+            }
+        }
         let local = st.local;
         let core = st
             .inputs
@@ -1189,7 +1311,12 @@ impl Autobase {
             }
             return Box::pin(self.write_local(st, body)).await;
         }
-        let (heads, height) = st.lin.next_heads(local);
+        let (heads, height) = if matches!(body, Body::Attested(_)) {
+            // Its past is the writer's own chain: what it attests.
+            (Vec::new(), st.lin.latest_height(local).saturating_add(1))
+        } else {
+            st.lin.next_heads(local)
+        };
         let mut wire = Vec::with_capacity(heads.len());
         let mut refs = Vec::with_capacity(heads.len());
         for (w, len) in heads {
@@ -1296,7 +1423,16 @@ impl Autobase {
         }
         let mut msg = vec![MSG_EQUIVOCATION];
         msg.extend_from_slice(&proof.encode());
+        let seq = proof.seq;
         st.proofs.insert(writer, proof);
+        if writer != self.inner.local_key {
+            // What this peer's own chain has seen of the forker at the
+            // fork position, now: its next node is the attested evidence
+            // (nothing else is written before it), which names no heads.
+            let seen = self.own_seen(st, writer, seq).await?;
+            st.choice.set_mine(writer, seq, seen);
+            self.persist_forks(st).await?;
+        }
         // Kept across restarts: a peer that forgot a proof would read the
         // forker's nodes again and could decide apart from the others.
         let mut list: Vec<&Equivocation> = st.proofs.values().collect();
@@ -1309,6 +1445,167 @@ impl Autobase {
         let core = self.inner.store.get_by_key(self.inner.key).await?;
         core.send_extension(CHECKPOINT_EXTENSION, msg);
         Ok(())
+    }
+
+    /// The hash of `forker`'s node at `f` if it is in the past of this
+    /// peer's own latest node (or committed here).
+    async fn own_seen(
+        &self,
+        st: &State,
+        forker: [u8; 32],
+        f: u64,
+    ) -> Result<Option<[u8; 32]>, Error> {
+        let Some(l) = st.lin.writer_id(&forker) else {
+            return Ok(None);
+        };
+        let target = NodeId { writer: l, seq: f };
+        let own = st.lin.log_len(st.local).checked_sub(1);
+        let in_past = st.lin.committed_len(l) > f
+            || own.is_some_and(|s| {
+                st.lin.sees(
+                    NodeId {
+                        writer: st.local,
+                        seq: s,
+                    },
+                    target,
+                )
+            });
+        if !in_past {
+            return Ok(None);
+        }
+        Ok(self.our_node(st, forker, f).await?.map(|n| n.hash))
+    }
+
+    async fn persist_forks(&self, st: &State) -> Result<(), Error> {
+        let bytes =
+            postcard::to_allocvec(&st.choice).map_err(|_| Error::Corrupt("encode fork choices"))?;
+        self.put_meta(&self.inner.forks_key, bytes).await
+    }
+
+    /// The fork choice for `forker` if it is a proven, current indexer
+    /// (not cut, not the only indexer, not this peer): `(fork position,
+    /// choice)`.
+    fn fork_choice(&self, st: &State, forker: &[u8; 32]) -> Option<(u64, Choice)> {
+        let p = st.proofs.get(forker)?;
+        let indexers = st.base_host.indexer_keys();
+        if indexers.len() < 2
+            || !indexers.contains(forker)
+            || st.base_host.cut(forker).is_some()
+            || *forker == self.inner.local_key
+        {
+            return None;
+        }
+        let f = p.seq;
+        if let Some(c) = st.choice.chosen(forker, f) {
+            return Some((f, c.map_or(Choice::Silence, Choice::Fork)));
+        }
+        let mut counts: Vec<([u8; 32], usize)> = Vec::new();
+        for o in indexers.iter().filter(|o| *o != forker) {
+            match st.choice.attested(forker, f, o) {
+                None => return Some((f, Choice::Open)),
+                Some(None) => {}
+                Some(Some(h)) => match counts.iter_mut().find(|(x, _)| *x == h) {
+                    Some(c) => c.1 += 1,
+                    None => counts.push((h, 1)),
+                },
+            }
+        }
+        let q = indexers.len() / 2 + 1;
+        counts.sort_unstable();
+        Some((
+            f,
+            counts
+                .iter()
+                .find(|(_, c)| *c + 1 >= q)
+                .map_or(Choice::Silence, |(h, _)| Choice::Fork(*h)),
+        ))
+    }
+
+    /// Fixes (and stores) every fork choice whose attestations are all in,
+    /// and notes whether this peer's core holds each chosen fork.
+    async fn choose(&self, st: &mut State) -> Result<(), Error> {
+        let forkers: Vec<[u8; 32]> = st.proofs.keys().copied().collect();
+        let mut changed = false;
+        for w in forkers {
+            match self.fork_choice(st, &w) {
+                Some((f, c)) if c != Choice::Open => {
+                    if st.choice.chosen(&w, f).is_none() {
+                        let x = match c {
+                            Choice::Fork(h) => Some(h),
+                            _ => None,
+                        };
+                        st.choice.chosen.push((w, f, x));
+                        changed = true;
+                    }
+                    if let Choice::Fork(h) = c {
+                        let ours = self.our_core_node(st, w, f).await?;
+                        st.on_chosen.insert(w, ours == Some(h));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if changed {
+            self.persist_forks(st).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether this peer must not commit because of a forking indexer:
+    /// its fork choice is still open, or another fork than the one this
+    /// peer's core holds was chosen (its DAG lacks the chosen fork's
+    /// nodes, so it could skip a leader the others decided: it waits for a
+    /// checkpoint past the cut instead, `needs_fast_forward`).
+    fn any_open(&self, st: &State) -> bool {
+        st.proofs.keys().any(|w| match self.fork_choice(st, w) {
+            Some((_, Choice::Open)) => true,
+            Some((_, Choice::Fork(_))) => st.on_chosen.get(w) != Some(&true),
+            _ => false,
+        })
+    }
+
+    /// The hash of node `seq` of `key` in its core here.
+    async fn our_core_node(
+        &self,
+        st: &State,
+        key: [u8; 32],
+        seq: u64,
+    ) -> Result<Option<[u8; 32]>, Error> {
+        let Some(writer) = st.lin.writer_id(&key) else {
+            return Ok(None);
+        };
+        Ok(self
+            .read_signed(st, NodeId { writer, seq })
+            .await?
+            .map(|b| b.hash))
+    }
+
+    /// Whether node `(key, seq, hash)` is on another fork than the one this
+    /// peer's core holds: its fetched chain reaches a position where the
+    /// core holds another node. `false` while that is not known.
+    async fn on_other_fork(
+        &self,
+        st: &State,
+        key: [u8; 32],
+        seq: u64,
+        hash: [u8; 32],
+    ) -> Result<bool, Error> {
+        let (mut s, mut h) = (seq, hash);
+        loop {
+            if let Some(o) = self.our_core_node(st, key, s).await? {
+                return Ok(o != h);
+            }
+            let Some(b) = st.forks.get(&(key, s, h)) else {
+                return Ok(false);
+            };
+            let Some(prev) = Block::decode(&b.bytes, s).map(|b| b.block.prev) else {
+                return Ok(false);
+            };
+            let Some(below) = s.checked_sub(1) else {
+                return Ok(false);
+            };
+            (s, h) = (below, prev);
+        }
     }
 
     /// Wants node `node` of another fork of a proven forker and, when it is
@@ -1425,6 +1722,7 @@ impl Autobase {
     async fn pull(&self, st: &mut State) -> Result<(), Error> {
         st.fork_blocked = false;
         loop {
+            self.choose(st).await?;
             if self.silences(st) != st.silenced {
                 // A new (or earlier) proof against an indexer: start the
                 // uncommitted part over without its nodes from the fork on.
@@ -1439,6 +1737,7 @@ impl Autobase {
             }
             if !progress {
                 self.scan_evidence(st).await?;
+                self.choose(st).await?;
                 if self.silences(st) == st.silenced {
                     return Ok(());
                 }
@@ -1467,9 +1766,14 @@ impl Autobase {
                     && st.base_host.cut(w).is_none()
                     && **w != self.inner.local_key
             })
-            .map(|(w, p)| {
+            .filter_map(|(w, p)| {
                 let committed = st.lin.writer_id(w).map_or(0, |id| st.lin.committed_len(id));
-                (*w, p.seq.max(committed))
+                match self.fork_choice(st, w) {
+                    // On the chosen fork: read as any writer.
+                    Some((_, Choice::Fork(_))) if st.on_chosen.get(w) == Some(&true) => None,
+                    Some((f, Choice::Fork(_))) | Some((f, Choice::Silence)) => Some((*w, f)),
+                    _ => Some((*w, p.seq.max(committed))),
+                }
             })
             .collect();
         v.sort_unstable();
@@ -1508,9 +1812,10 @@ impl Autobase {
                 // Only evidence blocks are verified here (the signature check
                 // of the others waits for their turn in `pull_one`).
                 if let Some(signed) = Block::decode(&bytes, seq) {
-                    if let Body::Evidence(proof) = &signed.block.body {
+                    if let Some((proof, seen)) = signed.block.body.evidence() {
                         if verify_node(&vk, &signed.hash, &signed.sig) {
-                            self.found(st, (**proof).clone()).await?;
+                            let author = st.lin.key(id).unwrap_or([0; 32]);
+                            self.take_evidence(st, author, proof.clone(), seen).await?;
                         }
                     }
                 }
@@ -1518,6 +1823,29 @@ impl Autobase {
             }
             if let Some(i) = st.inputs.get_mut(&id) {
                 i.scanned = seq;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes in an evidence node's proof and, for an attested one, its
+    /// author's attestation (the first of that author at that position).
+    async fn take_evidence(
+        &self,
+        st: &mut State,
+        author: [u8; 32],
+        proof: Equivocation,
+        seen: Option<Option<[u8; 32]>>,
+    ) -> Result<(), Error> {
+        if proof.verify().is_err() {
+            return Ok(());
+        }
+        let (forker, f) = (proof.writer(), proof.seq);
+        self.found(st, proof).await?;
+        if let Some(seen) = seen {
+            if st.choice.attested(&forker, f, &author).is_none() {
+                st.choice.record(forker, f, author, seen);
+                self.persist_forks(st).await?;
             }
         }
         Ok(())
@@ -1622,6 +1950,10 @@ impl Autobase {
                 if ours.is_some_and(|o| o != named.hash) {
                     self.want_fork(st, (h.key, node.seq, named.hash)).await?;
                 }
+                // With another fork chosen than the one this core holds,
+                // this peer places the rest alike (so it can keep acking,
+                // its acks are votes the others need) but commits nothing:
+                // it waits for a checkpoint past the cut.
                 exact = false;
                 continue;
             }
@@ -1668,6 +2000,26 @@ impl Autobase {
                     }
                     refs.push(HeadRef { node, height });
                 }
+                (Some(o), None)
+                    if self
+                        .fork_choice(st, &h.key)
+                        .is_some_and(|(f, c)| matches!(c, Choice::Fork(_)) && node.seq >= f) =>
+                {
+                    // The fork this peer holds was chosen: a node of
+                    // another fork from the fork position on is dropped
+                    // from this node's parents (its signature checked).
+                    let ok = match Self::verifying_key(st, w) {
+                        Ok(Some(wk)) => verify_node(&wk, &named.hash, &named.signature),
+                        Ok(None) => return Ok(false),
+                        Err(()) => false,
+                    };
+                    if !ok {
+                        Self::freeze(st, id);
+                        return Ok(false);
+                    }
+                    let _ = o;
+                    exact = false;
+                }
                 (Some(o), None) => {
                     // Another fork of that writer: a proof if the writer
                     // signed it, and the block waits until the cut.
@@ -1685,6 +2037,31 @@ impl Autobase {
                             return Ok(false);
                         }
                     }
+                }
+                (None, None)
+                    if self
+                        .fork_choice(st, &h.key)
+                        .is_some_and(|(f, c)| matches!(c, Choice::Fork(_)) && node.seq >= f) =>
+                {
+                    // The fork this peer holds was chosen, and the node is
+                    // past what its core holds: dropped once its fetched
+                    // chain shows it is on another fork; until then it
+                    // waits (it may extend this fork).
+                    self.want_fork(st, (h.key, node.seq, named.hash)).await?;
+                    if !self.on_other_fork(st, h.key, node.seq, named.hash).await? {
+                        st.fork_blocked = true;
+                        return Ok(false);
+                    }
+                    let ok = match Self::verifying_key(st, w) {
+                        Ok(Some(wk)) => verify_node(&wk, &named.hash, &named.signature),
+                        Ok(None) => return Ok(false),
+                        Err(()) => false,
+                    };
+                    if !ok {
+                        Self::freeze(st, id);
+                        return Ok(false);
+                    }
+                    exact = false;
                 }
                 (None, None) => {
                     // Not read yet; if the writer is known to fork, its
@@ -1712,6 +2089,10 @@ impl Autobase {
             .add_node_with(id, seq, &refs, signed.block.height, exact)
         {
             Ok(()) => {
+                if let Some((proof, seen)) = signed.block.body.evidence() {
+                    let proof = proof.clone();
+                    self.take_evidence(st, key, proof, seen).await?;
+                }
                 st.blocks
                     .insert(NodeId { writer: id, seq }, Arc::new(signed));
                 Ok(true)
@@ -1750,7 +2131,9 @@ impl Autobase {
                     }
                     (n, changed, cut)
                 };
-                if n == 0 {
+                // Nothing is committed while a forking indexer's fork
+                // choice waits for attestations.
+                if n == 0 || self.any_open(st) {
                     break;
                 }
                 st.lin.commit(&order, n);
@@ -1812,13 +2195,7 @@ impl Autobase {
             }
             st.was_writable = writable;
             if let Some(proof) = self.evidence_to_write(st) {
-                st.evidence_written.insert(proof.writer(), proof.seq);
-                match self.write_local(st, Body::Evidence(Box::new(proof))).await {
-                    // This peer's own input is ignored by everyone: the
-                    // proof still travels by gossip.
-                    Err(Error::InputRejected) => {}
-                    r => r?,
-                }
+                self.write_evidence(st, proof).await?;
                 continue;
             }
             if self.should_ack(st) {
@@ -1836,6 +2213,31 @@ impl Autobase {
                 }
             }
             return Ok(());
+        }
+    }
+
+    /// Writes evidence of `proof` into this peer's input: attested (no
+    /// heads, with this peer's attestation) by an indexer against an
+    /// indexer, plain otherwise.
+    async fn write_evidence(&self, st: &mut State, proof: Equivocation) -> Result<(), Error> {
+        let (forker, f) = (proof.writer(), proof.seq);
+        st.evidence_written.insert(forker, f);
+        let attest = st.base_host.is_indexer(&self.inner.local_key)
+            && st.base_host.is_indexer(&forker)
+            && forker != self.inner.local_key;
+        let body = match st.choice.mine(&forker, f) {
+            Some(seen) if attest => {
+                st.choice.record(forker, f, self.inner.local_key, seen);
+                self.persist_forks(st).await?;
+                Body::Attested(Box::new(crate::node::Attested { proof, seen }))
+            }
+            _ => Body::Evidence(Box::new(proof)),
+        };
+        match self.write_local(st, body).await {
+            // This peer's own input is ignored by everyone: the proof still
+            // travels by gossip.
+            Err(Error::InputRejected) => Ok(()),
+            r => r,
         }
     }
 
@@ -1968,7 +2370,13 @@ impl Autobase {
         if !pending_values {
             return false;
         }
-        !st.lin.next_heads(st.local).0.is_empty()
+        // Not while some of its own input waits (it can write again once
+        // its own nodes are placed, e.g. after a fast-forward).
+        let own_placed = st
+            .inputs
+            .get(&st.local)
+            .is_some_and(|i| i.core.length() == st.lin.log_len(st.local));
+        own_placed && !st.lin.next_heads(st.local).0.is_empty()
     }
 
     /// Brings the applied list in line with `order`: rolls views back to the
@@ -2042,7 +2450,11 @@ impl Autobase {
         }
         let values = match body {
             Some(Body::Values(v)) => v,
-            Some(Body::Evidence(proof)) => {
+            Some(Body::Evidence(_) | Body::Attested(_)) => {
+                let Some((proof, _)) = body.and_then(|b| b.evidence()) else {
+                    st.applied.push(entry);
+                    return Ok(());
+                };
                 // Cut the writer after its nodes ordered so far: a function
                 // of the order, so the same on every peer.
                 let w = proof.writer();
@@ -2496,9 +2908,12 @@ impl Autobase {
             // often (every answer resends the views).
             let request = {
                 let trusted = self.trusted_via(&chain).await;
-                let gathering = offers
-                    .iter()
-                    .find(|(_, o)| o.signed.verify(&self.inner.key, &trusted).is_ok());
+                let proven = self.proven().await;
+                let gathering = offers.iter().find(|(_, o)| {
+                    o.signed
+                        .verify_without(&self.inner.key, &trusted, &proven)
+                        .is_ok()
+                });
                 match gathering {
                     Some((id, o)) => request_message(id, &o.have()),
                     None => vec![MSG_REQUEST],
@@ -2608,7 +3023,10 @@ impl Autobase {
                 };
                 // Room for blocks only once the signatures are trusted, so
                 // a forged length never allocates.
-                if o.signed.verify(&self.inner.key, &trusted).is_err() {
+                if o.signed
+                    .verify_without(&self.inner.key, &trusted, &self.proven().await)
+                    .is_err()
+                {
                     return Ok(false);
                 }
                 o.fill(view, start, blocks);
@@ -2619,7 +3037,10 @@ impl Autobase {
         let Some(o) = offers.get_mut(&id) else {
             return Ok(false);
         };
-        if o.signed.verify(&self.inner.key, &trusted).is_err() {
+        if o.signed
+            .verify_without(&self.inner.key, &trusted, &self.proven().await)
+            .is_err()
+        {
             return Ok(false);
         }
         let Some(views) = o.complete() else {

@@ -457,18 +457,15 @@ async fn a_forking_indexer_is_cut_after_a_restart_in_the_middle() {
     }
 }
 
-/// Known gap (DESIGN.md, "A forking indexer", Limits): the liar and a, b
-/// commit on the first fork past the fork position, c holds the second.
-/// c then decides on its own from a's and b's nodes without the liar's
-/// nodes they were decided with (another order: the finality check fails
-/// in some runs, at an indexed length both sides reach), and the honest
-/// peers never converge (c cannot fast-forward either: a checkpoint signed
-/// by a and b is 2 of 4). Ignored: it fails, after the meeting loop runs
-/// out (about 3 minutes a seed) when the finality check does not trip
-/// first. Run with
-/// `cargo test -p autobase-rs --test equivocation -- --ignored --nocapture`.
+/// The case the attested fork choice is for (DESIGN.md, "A forking
+/// indexer"): the liar and a, b commit on the first fork past the fork
+/// position before any proof, c holds the second. Every peer chooses the
+/// fork a and b attest, c commits nothing on its own and fast-forwards
+/// (a checkpoint signed by 2 of the 3 indexers other than the proven
+/// liar), and a late reader that replays everything reads the chosen fork
+/// (fetching the nodes honest heads pin when its copy of the liar's input
+/// is the other one). Before the rule c committed another history.
 #[tokio::test]
-#[ignore = "known broken (issue 7, DESIGN.md Limits): with a fork committed with the forking indexer's vote, the peer on the other fork commits another history; reproduces it, run with --ignored"]
 async fn a_fork_committed_with_the_forking_indexers_vote_converges() {
     for seed in 1..=3u64 {
         run(seed * 0x9e37_79b9, true, false, true).await;
