@@ -10,6 +10,7 @@ use crate::checkpoint::{
 };
 use crate::equivocation::{Equivocation, SignedNode};
 use crate::error::{ApplyError, Error};
+use crate::forks::{ForkNode, OtherForks};
 use crate::linearizer::{HeadRef, Linearizer, NodeId, Order, Presence, WriterCheckpoint, WriterId};
 use crate::node::{verify_node, Block, Body, Node, Signed, WireHead, NODE_VERSION};
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -306,6 +307,13 @@ struct State {
     /// Whether the last pull left a block waiting on another fork of a
     /// writer that is not cut yet.
     fork_blocked: bool,
+    /// Nodes of other forks of proven forkers that heads pin: wanted and
+    /// fetched (see `forks.rs`).
+    forks: OtherForks,
+    /// Attestations and choices for forking indexers.
+    choice: ForkState,
+    /// Per forker with a chosen fork: whether this peer's core holds it.
+    on_chosen: HashMap<[u8; 32], bool>,
     /// The checkpoints at which the indexer set changed, with the
     /// signatures of the outgoing indexers gathered so far: the chain a
     /// joiner follows from the bootstrap writer to today's indexers.
@@ -342,6 +350,66 @@ impl State {
     }
 }
 
+/// (forker, fork position, author) of an attestation.
+type Attestor = ([u8; 32], u64, [u8; 32]);
+
+/// What a peer knows and decided about forking indexers (the attested
+/// fork choice, `DESIGN.md`): per forker key.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct ForkState {
+    /// This peer's own attestation: (fork position, hash of the forker's
+    /// node there in the past of its own chain), taken when it learnt the
+    /// proof, written with its next evidence node.
+    mine: Vec<([u8; 32], u64, Option<[u8; 32]>)>,
+    /// Attestations read: (forker, fork position, author) -> seen; the
+    /// first of each author at each position.
+    read: Vec<(Attestor, Option<[u8; 32]>)>,
+    /// Choices made: (forker, fork position, chosen fork: the hash of its
+    /// node at the position, or `None` for "silenced at the position").
+    chosen: Vec<([u8; 32], u64, Option<[u8; 32]>)>,
+}
+
+impl ForkState {
+    fn mine(&self, forker: &[u8; 32], f: u64) -> Option<Option<[u8; 32]>> {
+        self.mine
+            .iter()
+            .find(|(k, s, _)| k == forker && *s == f)
+            .map(|x| x.2)
+    }
+    fn set_mine(&mut self, forker: [u8; 32], f: u64, seen: Option<[u8; 32]>) {
+        self.mine.retain(|(k, _, _)| *k != forker);
+        self.mine.push((forker, f, seen));
+    }
+    fn record(&mut self, forker: [u8; 32], f: u64, author: [u8; 32], seen: Option<[u8; 32]>) {
+        if !self.read.iter().any(|(k, _)| *k == (forker, f, author)) {
+            self.read.push(((forker, f, author), seen));
+        }
+    }
+    fn attested(&self, forker: &[u8; 32], f: u64, author: &[u8; 32]) -> Option<Option<[u8; 32]>> {
+        self.read
+            .iter()
+            .find(|((k, s, a), _)| k == forker && *s == f && a == author)
+            .map(|x| x.1)
+    }
+    fn chosen(&self, forker: &[u8; 32], f: u64) -> Option<Option<[u8; 32]>> {
+        self.chosen
+            .iter()
+            .find(|(k, s, _)| k == forker && *s == f)
+            .map(|x| x.2)
+    }
+}
+
+/// What the fork choice says about a proven forking indexer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Choice {
+    /// Not decided yet (attestations missing): nothing is committed.
+    Open,
+    /// Silenced at the position, whichever fork.
+    Silence,
+    /// The fork whose node at the position has this hash.
+    Fork([u8; 32]),
+}
+
 struct Inner {
     store: Corestore,
     key: [u8; 32],
@@ -353,6 +421,8 @@ struct Inner {
     chain_key: Vec<u8>,
     /// Store meta key of the equivocation proofs this peer holds.
     proofs_key: Vec<u8>,
+    /// Store meta key of the fork choices made (see [`ForkState`]).
+    forks_key: Vec<u8>,
     clock: Option<Arc<dyn hypercore_rs::Clock>>,
     apply: Box<dyn Apply>,
     state: AsyncMutex<State>,
@@ -512,6 +582,17 @@ impl AutobaseBuilder {
                 }
             }
         }
+        let forks_key = format!("autobase-rs/{}/forks", hex(&key)).into_bytes();
+        let fork_state: ForkState = match storage
+            .meta(&forks_key)
+            .await
+            .map_err(hypercore_rs::Error::from)?
+        {
+            Some(bytes) => {
+                postcard::from_bytes(&bytes).map_err(|_| Error::Corrupt("fork choices"))?
+            }
+            None => ForkState::default(),
+        };
         let mut cores = Vec::with_capacity(self.views.len());
         for name in &self.views {
             cores.push(base_ns.get(&format!("view/{name}")).await?);
@@ -584,6 +665,7 @@ impl AutobaseBuilder {
             record_key,
             chain_key: chain_key.clone(),
             proofs_key,
+            forks_key,
             clock: self.clock,
             apply: self.apply,
             state: AsyncMutex::new(State {
@@ -595,6 +677,9 @@ impl AutobaseBuilder {
                 evidence_written: HashMap::new(),
                 silenced: Vec::new(),
                 fork_blocked: false,
+                forks: OtherForks::default(),
+                choice: fork_state,
+                on_chosen: HashMap::new(),
                 transitions,
                 pending_transitions: Vec::new(),
                 applied: Vec::new(),
@@ -720,7 +805,19 @@ impl Autobase {
     pub async fn update(&self) -> Result<(), Error> {
         let mut st = self.inner.state.lock().await;
         self.pull(&mut st).await?;
-        self.settle(&mut st).await
+        self.settle(&mut st).await?;
+        if st.fork_blocked {
+            // Blocked on another fork's nodes: ask for them again (a want
+            // sent while no peer that holds them listened is lost).
+            let core = self.inner.store.get_by_key(self.inner.key).await?;
+            for node in st.forks.wants().take(64) {
+                core.send_extension(
+                    CHECKPOINT_EXTENSION,
+                    crate::forks::request_message(MSG_FORK_WANT, node),
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Number of indexed (final) nodes.
@@ -925,7 +1022,8 @@ impl Autobase {
             .collect();
         let trusted =
             crate::checkpoint::follow_chain(&self.inner.key, &st.base_host.indexer_keys(), &links);
-        signed.verify(&self.inner.key, &trusted)?;
+        let proven: Vec<[u8; 32]> = st.proofs.keys().copied().collect();
+        signed.verify_without(&self.inner.key, &trusted, &proven)?;
         let cp = &signed.checkpoint;
         let have = st.lin.committed_count();
         if cp.indexed_length <= have {
@@ -1053,7 +1151,23 @@ impl Autobase {
     /// when this holds.
     pub async fn needs_fast_forward(&self) -> bool {
         let st = self.inner.state.lock().await;
-        st.fork_blocked && st.proofs.keys().any(|w| st.base_host.cut(w).is_none())
+        let off_chosen = st.proofs.keys().any(|w| {
+            matches!(self.fork_choice(&st, w), Some((_, Choice::Fork(_))))
+                && st.on_chosen.get(w) != Some(&true)
+        });
+        off_chosen || (st.fork_blocked && st.proofs.keys().any(|w| st.base_host.cut(w).is_none()))
+    }
+
+    /// The writers this peer holds a valid proof against.
+    async fn proven(&self) -> Vec<[u8; 32]> {
+        self.inner
+            .state
+            .lock()
+            .await
+            .proofs
+            .keys()
+            .copied()
+            .collect()
     }
 
     /// The proofs of forked inputs this peer holds (read or heard), by
@@ -1110,11 +1224,29 @@ impl Autobase {
         if let Some(c) = &self.inner.clock {
             options.clock = c.clone();
         }
-        self.inner
-            .store
-            .replicate(io, options)
-            .await
-            .map_err(|e| Error::Replication(e.to_string()))
+        // Blocks of other forks this peer wants are taken in here too, so a
+        // peer that does not run `serve_checkpoints` gets them.
+        let core = self.inner.store.get_by_key(self.inner.key).await?;
+        let mut rx = core.extension(CHECKPOINT_EXTENSION);
+        let this = self.clone();
+        let listen = async move {
+            while let Some((_, msg)) = rx.next().await {
+                if let Some((&MSG_FORK_BLOCK, body)) = msg.split_first() {
+                    if let Some((key, seq, bytes)) = crate::forks::decode_block(body) {
+                        if this.add_fork_block(key, seq, bytes).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        let session = self.inner.store.replicate(io, options);
+        futures::pin_mut!(listen, session);
+        let result = match futures::future::select(session, listen).await {
+            futures::future::Either::Left((r, _)) => r,
+            futures::future::Either::Right(((), session)) => session.await,
+        };
+        result.map_err(|e| Error::Replication(e.to_string()))
     }
 
     /// Makes everything written so far durable.
@@ -1155,6 +1287,13 @@ impl Autobase {
     }
 
     async fn write_local(&self, st: &mut State, body: Body) -> Result<(), Error> {
+        if body.evidence().is_none() {
+            // Evidence goes first: an indexer's attestation describes its
+            // chain as it was when it learnt the proof.
+            if let Some(proof) = self.evidence_to_write(st) {
+                Box::pin(self.write_evidence(st, proof)).await?;
+            }
+        }
         let local = st.local;
         let core = st
             .inputs
@@ -1172,7 +1311,12 @@ impl Autobase {
             }
             return Box::pin(self.write_local(st, body)).await;
         }
-        let (heads, height) = st.lin.next_heads(local);
+        let (heads, height) = if matches!(body, Body::Attested(_)) {
+            // Its past is the writer's own chain: what it attests.
+            (Vec::new(), st.lin.latest_height(local).saturating_add(1))
+        } else {
+            st.lin.next_heads(local)
+        };
         let mut wire = Vec::with_capacity(heads.len());
         let mut refs = Vec::with_capacity(heads.len());
         for (w, len) in heads {
@@ -1279,7 +1423,16 @@ impl Autobase {
         }
         let mut msg = vec![MSG_EQUIVOCATION];
         msg.extend_from_slice(&proof.encode());
+        let seq = proof.seq;
         st.proofs.insert(writer, proof);
+        if writer != self.inner.local_key {
+            // What this peer's own chain has seen of the forker at the
+            // fork position, now: its next node is the attested evidence
+            // (nothing else is written before it), which names no heads.
+            let seen = self.own_seen(st, writer, seq).await?;
+            st.choice.set_mine(writer, seq, seen);
+            self.persist_forks(st).await?;
+        }
         // Kept across restarts: a peer that forgot a proof would read the
         // forker's nodes again and could decide apart from the others.
         let mut list: Vec<&Equivocation> = st.proofs.values().collect();
@@ -1294,11 +1447,282 @@ impl Autobase {
         Ok(())
     }
 
+    /// The hash of `forker`'s node at `f` if it is in the past of this
+    /// peer's own latest node (or committed here).
+    async fn own_seen(
+        &self,
+        st: &State,
+        forker: [u8; 32],
+        f: u64,
+    ) -> Result<Option<[u8; 32]>, Error> {
+        let Some(l) = st.lin.writer_id(&forker) else {
+            return Ok(None);
+        };
+        let target = NodeId { writer: l, seq: f };
+        let own = st.lin.log_len(st.local).checked_sub(1);
+        let in_past = st.lin.committed_len(l) > f
+            || own.is_some_and(|s| {
+                st.lin.sees(
+                    NodeId {
+                        writer: st.local,
+                        seq: s,
+                    },
+                    target,
+                )
+            });
+        if !in_past {
+            return Ok(None);
+        }
+        Ok(self.our_node(st, forker, f).await?.map(|n| n.hash))
+    }
+
+    async fn persist_forks(&self, st: &State) -> Result<(), Error> {
+        let bytes =
+            postcard::to_allocvec(&st.choice).map_err(|_| Error::Corrupt("encode fork choices"))?;
+        self.put_meta(&self.inner.forks_key, bytes).await
+    }
+
+    /// The fork choice for `forker` if it is a proven, current indexer
+    /// (not cut, not the only indexer, not this peer): `(fork position,
+    /// choice)`.
+    fn fork_choice(&self, st: &State, forker: &[u8; 32]) -> Option<(u64, Choice)> {
+        let p = st.proofs.get(forker)?;
+        let indexers = st.base_host.indexer_keys();
+        if indexers.len() < 2
+            || !indexers.contains(forker)
+            || st.base_host.cut(forker).is_some()
+            || *forker == self.inner.local_key
+        {
+            return None;
+        }
+        let f = p.seq;
+        if let Some(c) = st.choice.chosen(forker, f) {
+            return Some((f, c.map_or(Choice::Silence, Choice::Fork)));
+        }
+        let mut counts: Vec<([u8; 32], usize)> = Vec::new();
+        for o in indexers.iter().filter(|o| *o != forker) {
+            match st.choice.attested(forker, f, o) {
+                None => return Some((f, Choice::Open)),
+                Some(None) => {}
+                Some(Some(h)) => match counts.iter_mut().find(|(x, _)| *x == h) {
+                    Some(c) => c.1 += 1,
+                    None => counts.push((h, 1)),
+                },
+            }
+        }
+        let q = indexers.len() / 2 + 1;
+        counts.sort_unstable();
+        Some((
+            f,
+            counts
+                .iter()
+                .find(|(_, c)| *c + 1 >= q)
+                .map_or(Choice::Silence, |(h, _)| Choice::Fork(*h)),
+        ))
+    }
+
+    /// Fixes (and stores) every fork choice whose attestations are all in,
+    /// and notes whether this peer's core holds each chosen fork.
+    async fn choose(&self, st: &mut State) -> Result<(), Error> {
+        let forkers: Vec<[u8; 32]> = st.proofs.keys().copied().collect();
+        let mut changed = false;
+        for w in forkers {
+            match self.fork_choice(st, &w) {
+                Some((f, c)) if c != Choice::Open => {
+                    if st.choice.chosen(&w, f).is_none() {
+                        let x = match c {
+                            Choice::Fork(h) => Some(h),
+                            _ => None,
+                        };
+                        st.choice.chosen.push((w, f, x));
+                        changed = true;
+                    }
+                    if let Choice::Fork(h) = c {
+                        let ours = self.our_core_node(st, w, f).await?;
+                        st.on_chosen.insert(w, ours == Some(h));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if changed {
+            self.persist_forks(st).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether this peer must not commit because of a forking indexer:
+    /// its fork choice is still open, or another fork than the one this
+    /// peer's core holds was chosen (its DAG lacks the chosen fork's
+    /// nodes, so it could skip a leader the others decided: it waits for a
+    /// checkpoint past the cut instead, `needs_fast_forward`).
+    fn any_open(&self, st: &State) -> bool {
+        st.proofs.keys().any(|w| match self.fork_choice(st, w) {
+            Some((_, Choice::Open)) => true,
+            Some((_, Choice::Fork(_))) => st.on_chosen.get(w) != Some(&true),
+            _ => false,
+        })
+    }
+
+    /// The hash of node `seq` of `key` in its core here.
+    async fn our_core_node(
+        &self,
+        st: &State,
+        key: [u8; 32],
+        seq: u64,
+    ) -> Result<Option<[u8; 32]>, Error> {
+        let Some(writer) = st.lin.writer_id(&key) else {
+            return Ok(None);
+        };
+        Ok(self
+            .read_signed(st, NodeId { writer, seq })
+            .await?
+            .map(|b| b.hash))
+    }
+
+    /// Whether node `(key, seq, hash)` is on another fork than the one this
+    /// peer's core holds: its fetched chain reaches a position where the
+    /// core holds another node. `false` while that is not known.
+    async fn on_other_fork(
+        &self,
+        st: &State,
+        key: [u8; 32],
+        seq: u64,
+        hash: [u8; 32],
+    ) -> Result<bool, Error> {
+        let (mut s, mut h) = (seq, hash);
+        loop {
+            if let Some(o) = self.our_core_node(st, key, s).await? {
+                return Ok(o != h);
+            }
+            let Some(b) = st.forks.get(&(key, s, h)) else {
+                return Ok(false);
+            };
+            let Some(prev) = Block::decode(&b.bytes, s).map(|b| b.block.prev) else {
+                return Ok(false);
+            };
+            let Some(below) = s.checked_sub(1) else {
+                return Ok(false);
+            };
+            (s, h) = (below, prev);
+        }
+    }
+
+    /// Wants node `node` of another fork of a proven forker and, when it is
+    /// newly wanted, asks the connected peers for it.
+    async fn want_fork(&self, st: &mut State, node: ForkNode) -> Result<(), Error> {
+        if st.proofs.contains_key(&node.0) && st.forks.want(node) {
+            let core = self.inner.store.get_by_key(self.inner.key).await?;
+            core.send_extension(
+                CHECKPOINT_EXTENSION,
+                crate::forks::request_message(MSG_FORK_WANT, &node),
+            );
+        }
+        Ok(())
+    }
+
+    /// Asks the connected peers again for every wanted node of other forks.
+    async fn resend_fork_wants(&self, core: &Core) {
+        let st = self.inner.state.lock().await;
+        for node in st.forks.wants().take(64) {
+            core.send_extension(
+                CHECKPOINT_EXTENSION,
+                crate::forks::request_message(MSG_FORK_WANT, node),
+            );
+        }
+    }
+
+    /// Takes in a block of another fork a peer sent: kept when it is a
+    /// wanted node, signed by its writer (see `forks.rs`); then the node
+    /// below it on that fork is wanted, until the chain reaches a node this
+    /// peer holds.
+    async fn add_fork_block(&self, key: [u8; 32], seq: u64, bytes: &[u8]) -> Result<(), Error> {
+        let mut st = self.inner.state.lock().await;
+        let Some(vk) = st
+            .proofs
+            .get(&key)
+            .and_then(|p| VerifyingKey::from_bytes(&p.public_key).ok())
+        else {
+            return Ok(());
+        };
+        let Some(signed) = st.forks.offer(key, seq, bytes, &vk) else {
+            return Ok(());
+        };
+        // This peer's node at that seq, if it holds one, differs: a proof
+        // at this (lower) position.
+        if let Some(o) = self.our_node(&st, key, seq).await? {
+            if o.hash != signed.hash {
+                let proof = Equivocation::new(vk.to_bytes(), seq, o, signed.node());
+                self.found(&mut st, proof).await?;
+            }
+        }
+        let Some(below) = seq.checked_sub(1) else {
+            return Ok(());
+        };
+        let prev = signed.block.prev;
+        let ours = self.our_node(&st, key, below).await?.map(|n| n.hash);
+        if ours != Some(prev) {
+            self.want_fork(&mut st, (key, below, prev)).await?;
+        }
+        Ok(())
+    }
+
+    /// Node `seq` of writer `key` as this peer holds it (in memory, else in
+    /// the writer's core).
+    async fn our_node(
+        &self,
+        st: &State,
+        key: [u8; 32],
+        seq: u64,
+    ) -> Result<Option<SignedNode>, Error> {
+        let Some(writer) = st.lin.writer_id(&key) else {
+            return Ok(None);
+        };
+        self.signed_node(st, NodeId { writer, seq }).await
+    }
+
+    /// Answers a peer's want of a node of another fork, if this peer holds
+    /// that node (in the writer's core or among the fetched blocks).
+    async fn answer_fork_want(&self, core: &Core, node: ForkNode) -> Result<(), Error> {
+        let st = self.inner.state.lock().await;
+        let (key, seq, hash) = node;
+        let mut bytes = st.forks.get(&node).map(|b| b.bytes.to_vec());
+        if bytes.is_none() {
+            if let Some(input) = st.lin.writer_id(&key).and_then(|id| st.inputs.get(&id)) {
+                if seq < input.core.length() {
+                    if let Some(b) = input.core.get(seq).await? {
+                        if Block::decode(&b, seq).is_some_and(|s| s.hash == hash) {
+                            bytes = Some(b);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(b) = bytes {
+            core.send_extension(
+                CHECKPOINT_EXTENSION,
+                crate::forks::block_message(MSG_FORK_BLOCK, &key, seq, &b),
+            );
+        }
+        Ok(())
+    }
+
+    /// The nodes of another fork of `writer` (a proven forker) that this
+    /// peer fetched because heads it read pin them: `(seq, node hash)`, by
+    /// seq. Each block is verified against the hash a signed node named
+    /// (the pinned node by the pin, every node below it by the `prev` of
+    /// the node above), down to the fork point. They are held, not yet
+    /// placed in the DAG (see `DESIGN.md`, "A forking indexer").
+    pub async fn other_fork(&self, writer: [u8; 32]) -> Vec<(u64, [u8; 32])> {
+        self.inner.state.lock().await.forks.list(&writer)
+    }
+
     /// Reads every input's new blocks into the linearizer, as far as their
     /// heads are known.
     async fn pull(&self, st: &mut State) -> Result<(), Error> {
         st.fork_blocked = false;
         loop {
+            self.choose(st).await?;
             if self.silences(st) != st.silenced {
                 // A new (or earlier) proof against an indexer: start the
                 // uncommitted part over without its nodes from the fork on.
@@ -1313,6 +1737,7 @@ impl Autobase {
             }
             if !progress {
                 self.scan_evidence(st).await?;
+                self.choose(st).await?;
                 if self.silences(st) == st.silenced {
                     return Ok(());
                 }
@@ -1341,9 +1766,14 @@ impl Autobase {
                     && st.base_host.cut(w).is_none()
                     && **w != self.inner.local_key
             })
-            .map(|(w, p)| {
+            .filter_map(|(w, p)| {
                 let committed = st.lin.writer_id(w).map_or(0, |id| st.lin.committed_len(id));
-                (*w, p.seq.max(committed))
+                match self.fork_choice(st, w) {
+                    // On the chosen fork: read as any writer.
+                    Some((_, Choice::Fork(_))) if st.on_chosen.get(w) == Some(&true) => None,
+                    Some((f, Choice::Fork(_))) | Some((f, Choice::Silence)) => Some((*w, f)),
+                    _ => Some((*w, p.seq.max(committed))),
+                }
             })
             .collect();
         v.sort_unstable();
@@ -1382,9 +1812,10 @@ impl Autobase {
                 // Only evidence blocks are verified here (the signature check
                 // of the others waits for their turn in `pull_one`).
                 if let Some(signed) = Block::decode(&bytes, seq) {
-                    if let Body::Evidence(proof) = &signed.block.body {
+                    if let Some((proof, seen)) = signed.block.body.evidence() {
                         if verify_node(&vk, &signed.hash, &signed.sig) {
-                            self.found(st, (**proof).clone()).await?;
+                            let author = st.lin.key(id).unwrap_or([0; 32]);
+                            self.take_evidence(st, author, proof.clone(), seen).await?;
                         }
                     }
                 }
@@ -1392,6 +1823,29 @@ impl Autobase {
             }
             if let Some(i) = st.inputs.get_mut(&id) {
                 i.scanned = seq;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes in an evidence node's proof and, for an attested one, its
+    /// author's attestation (the first of that author at that position).
+    async fn take_evidence(
+        &self,
+        st: &mut State,
+        author: [u8; 32],
+        proof: Equivocation,
+        seen: Option<Option<[u8; 32]>>,
+    ) -> Result<(), Error> {
+        if proof.verify().is_err() {
+            return Ok(());
+        }
+        let (forker, f) = (proof.writer(), proof.seq);
+        self.found(st, proof).await?;
+        if let Some(seen) = seen {
+            if st.choice.attested(&forker, f, &author).is_none() {
+                st.choice.record(forker, f, author, seen);
+                self.persist_forks(st).await?;
             }
         }
         Ok(())
@@ -1490,6 +1944,16 @@ impl Autobase {
                     Self::freeze(st, id);
                     return Ok(false);
                 }
+                // A node of the fork this peer's core does not hold: fetch
+                // it (and the chain below it) from the peers that do.
+                let ours = self.read_signed(st, node).await?.map(|b| b.hash);
+                if ours.is_some_and(|o| o != named.hash) {
+                    self.want_fork(st, (h.key, node.seq, named.hash)).await?;
+                }
+                // With another fork chosen than the one this core holds,
+                // this peer places the rest alike (so it can keep acking,
+                // its acks are votes the others need) but commits nothing:
+                // it waits for a checkpoint past the cut.
                 exact = false;
                 continue;
             }
@@ -1536,6 +2000,26 @@ impl Autobase {
                     }
                     refs.push(HeadRef { node, height });
                 }
+                (Some(o), None)
+                    if self
+                        .fork_choice(st, &h.key)
+                        .is_some_and(|(f, c)| matches!(c, Choice::Fork(_)) && node.seq >= f) =>
+                {
+                    // The fork this peer holds was chosen: a node of
+                    // another fork from the fork position on is dropped
+                    // from this node's parents (its signature checked).
+                    let ok = match Self::verifying_key(st, w) {
+                        Ok(Some(wk)) => verify_node(&wk, &named.hash, &named.signature),
+                        Ok(None) => return Ok(false),
+                        Err(()) => false,
+                    };
+                    if !ok {
+                        Self::freeze(st, id);
+                        return Ok(false);
+                    }
+                    let _ = o;
+                    exact = false;
+                }
                 (Some(o), None) => {
                     // Another fork of that writer: a proof if the writer
                     // signed it, and the block waits until the cut.
@@ -1543,6 +2027,7 @@ impl Autobase {
                         Ok(Some(wk)) if verify_node(&wk, &named.hash, &named.signature) => {
                             let proof = Equivocation::new(wk.to_bytes(), node.seq, o, named);
                             self.found(st, proof).await?;
+                            self.want_fork(st, (h.key, node.seq, named.hash)).await?;
                             st.fork_blocked = true;
                             return Ok(false);
                         }
@@ -1552,6 +2037,31 @@ impl Autobase {
                             return Ok(false);
                         }
                     }
+                }
+                (None, None)
+                    if self
+                        .fork_choice(st, &h.key)
+                        .is_some_and(|(f, c)| matches!(c, Choice::Fork(_)) && node.seq >= f) =>
+                {
+                    // The fork this peer holds was chosen, and the node is
+                    // past what its core holds: dropped once its fetched
+                    // chain shows it is on another fork; until then it
+                    // waits (it may extend this fork).
+                    self.want_fork(st, (h.key, node.seq, named.hash)).await?;
+                    if !self.on_other_fork(st, h.key, node.seq, named.hash).await? {
+                        st.fork_blocked = true;
+                        return Ok(false);
+                    }
+                    let ok = match Self::verifying_key(st, w) {
+                        Ok(Some(wk)) => verify_node(&wk, &named.hash, &named.signature),
+                        Ok(None) => return Ok(false),
+                        Err(()) => false,
+                    };
+                    if !ok {
+                        Self::freeze(st, id);
+                        return Ok(false);
+                    }
+                    exact = false;
                 }
                 (None, None) => {
                     // Not read yet; if the writer is known to fork, its
@@ -1579,6 +2089,10 @@ impl Autobase {
             .add_node_with(id, seq, &refs, signed.block.height, exact)
         {
             Ok(()) => {
+                if let Some((proof, seen)) = signed.block.body.evidence() {
+                    let proof = proof.clone();
+                    self.take_evidence(st, key, proof, seen).await?;
+                }
                 st.blocks
                     .insert(NodeId { writer: id, seq }, Arc::new(signed));
                 Ok(true)
@@ -1617,7 +2131,9 @@ impl Autobase {
                     }
                     (n, changed, cut)
                 };
-                if n == 0 {
+                // Nothing is committed while a forking indexer's fork
+                // choice waits for attestations.
+                if n == 0 || self.any_open(st) {
                     break;
                 }
                 st.lin.commit(&order, n);
@@ -1679,13 +2195,7 @@ impl Autobase {
             }
             st.was_writable = writable;
             if let Some(proof) = self.evidence_to_write(st) {
-                st.evidence_written.insert(proof.writer(), proof.seq);
-                match self.write_local(st, Body::Evidence(Box::new(proof))).await {
-                    // This peer's own input is ignored by everyone: the
-                    // proof still travels by gossip.
-                    Err(Error::InputRejected) => {}
-                    r => r?,
-                }
+                self.write_evidence(st, proof).await?;
                 continue;
             }
             if self.should_ack(st) {
@@ -1703,6 +2213,31 @@ impl Autobase {
                 }
             }
             return Ok(());
+        }
+    }
+
+    /// Writes evidence of `proof` into this peer's input: attested (no
+    /// heads, with this peer's attestation) by an indexer against an
+    /// indexer, plain otherwise.
+    async fn write_evidence(&self, st: &mut State, proof: Equivocation) -> Result<(), Error> {
+        let (forker, f) = (proof.writer(), proof.seq);
+        st.evidence_written.insert(forker, f);
+        let attest = st.base_host.is_indexer(&self.inner.local_key)
+            && st.base_host.is_indexer(&forker)
+            && forker != self.inner.local_key;
+        let body = match st.choice.mine(&forker, f) {
+            Some(seen) if attest => {
+                st.choice.record(forker, f, self.inner.local_key, seen);
+                self.persist_forks(st).await?;
+                Body::Attested(Box::new(crate::node::Attested { proof, seen }))
+            }
+            _ => Body::Evidence(Box::new(proof)),
+        };
+        match self.write_local(st, body).await {
+            // This peer's own input is ignored by everyone: the proof still
+            // travels by gossip.
+            Err(Error::InputRejected) => Ok(()),
+            r => r,
         }
     }
 
@@ -1835,7 +2370,13 @@ impl Autobase {
         if !pending_values {
             return false;
         }
-        !st.lin.next_heads(st.local).0.is_empty()
+        // Not while some of its own input waits (it can write again once
+        // its own nodes are placed, e.g. after a fast-forward).
+        let own_placed = st
+            .inputs
+            .get(&st.local)
+            .is_some_and(|i| i.core.length() == st.lin.log_len(st.local));
+        own_placed && !st.lin.next_heads(st.local).0.is_empty()
     }
 
     /// Brings the applied list in line with `order`: rolls views back to the
@@ -1909,7 +2450,11 @@ impl Autobase {
         }
         let values = match body {
             Some(Body::Values(v)) => v,
-            Some(Body::Evidence(proof)) => {
+            Some(Body::Evidence(_) | Body::Attested(_)) => {
+                let Some((proof, _)) = body.and_then(|b| b.evidence()) else {
+                    st.applied.push(entry);
+                    return Ok(());
+                };
                 // Cut the writer after its nodes ordered so far: a function
                 // of the order, so the same on every peer.
                 let w = proof.writer();
@@ -2033,6 +2578,8 @@ const MSG_OFFER: u8 = 1;
 const MSG_BLOCKS: u8 = 2;
 const MSG_EQUIVOCATION: u8 = 3;
 const MSG_TRANSITION: u8 = 4;
+const MSG_FORK_WANT: u8 = 5;
+const MSG_FORK_BLOCK: u8 = 6;
 /// Block bytes per answer message (one larger block goes alone).
 const CHUNK_BYTES: usize = 256 * 1024;
 /// Distinct checkpoints a joiner keeps while waiting (forged ones included).
@@ -2192,6 +2739,7 @@ impl Autobase {
                 e = events.next() => {
                     if let Some(Event::Updated { .. }) = e {
                         self.push_signature(&core, &mut pushed).await;
+                        self.resend_fork_wants(&core).await;
                         for t in self.checkpoint_chain().await {
                             let mark = (t.checkpoint.signable(), t.signatures.len());
                             if !t.signatures.is_empty() && pushed_chain.insert(mark) {
@@ -2215,6 +2763,18 @@ impl Autobase {
                 Some((&MSG_TRANSITION, body)) => {
                     if let Ok(t) = SignedCheckpoint::decode(body) {
                         self.add_transition(t).await?;
+                    }
+                    continue;
+                }
+                Some((&MSG_FORK_WANT, body)) => {
+                    if let Some(node) = crate::forks::decode_request(body) {
+                        self.answer_fork_want(&core, node).await?;
+                    }
+                    continue;
+                }
+                Some((&MSG_FORK_BLOCK, body)) => {
+                    if let Some((key, seq, bytes)) = crate::forks::decode_block(body) {
+                        self.add_fork_block(key, seq, bytes).await?;
                     }
                     continue;
                 }
@@ -2348,9 +2908,12 @@ impl Autobase {
             // often (every answer resends the views).
             let request = {
                 let trusted = self.trusted_via(&chain).await;
-                let gathering = offers
-                    .iter()
-                    .find(|(_, o)| o.signed.verify(&self.inner.key, &trusted).is_ok());
+                let proven = self.proven().await;
+                let gathering = offers.iter().find(|(_, o)| {
+                    o.signed
+                        .verify_without(&self.inner.key, &trusted, &proven)
+                        .is_ok()
+                });
                 match gathering {
                     Some((id, o)) => request_message(id, &o.have()),
                     None => vec![MSG_REQUEST],
@@ -2460,7 +3023,10 @@ impl Autobase {
                 };
                 // Room for blocks only once the signatures are trusted, so
                 // a forged length never allocates.
-                if o.signed.verify(&self.inner.key, &trusted).is_err() {
+                if o.signed
+                    .verify_without(&self.inner.key, &trusted, &self.proven().await)
+                    .is_err()
+                {
                     return Ok(false);
                 }
                 o.fill(view, start, blocks);
@@ -2471,7 +3037,10 @@ impl Autobase {
         let Some(o) = offers.get_mut(&id) else {
             return Ok(false);
         };
-        if o.signed.verify(&self.inner.key, &trusted).is_err() {
+        if o.signed
+            .verify_without(&self.inner.key, &trusted, &self.proven().await)
+            .is_err()
+        {
             return Ok(false);
         }
         let Some(views) = o.complete() else {

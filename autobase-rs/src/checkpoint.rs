@@ -305,9 +305,31 @@ impl SignedCheckpoint {
     /// majority of the indexers it names signed, and a majority of
     /// `trusted` (the indexers the verifier already knows) signed.
     pub fn verify(&self, base: &[u8; 32], trusted: &[[u8; 32]]) -> Result<(), CheckpointError> {
+        self.verify_without(base, trusted, &[])
+    }
+
+    /// [`SignedCheckpoint::verify`], with the majorities taken over the
+    /// indexers other than `proven`: writers the verifier holds a valid
+    /// [`Equivocation`](crate::Equivocation) proof against. Under the
+    /// bound of the forking-indexer rule (one forker, an even number of
+    /// at least four indexers, `DESIGN.md`) the others are honest, and
+    /// honest indexers only sign states that never conflict, so a
+    /// majority of them suffices (2 of the 3 others of 4).
+    pub fn verify_without(
+        &self,
+        base: &[u8; 32],
+        trusted: &[[u8; 32]],
+        proven: &[[u8; 32]],
+    ) -> Result<(), CheckpointError> {
         let signers = self.signers(base)?;
-        quorum(&signers, &self.checkpoint.indexers())?;
-        quorum(&signers, trusted)
+        let keep = |set: &[[u8; 32]]| -> Vec<[u8; 32]> {
+            set.iter()
+                .filter(|k| !proven.contains(k))
+                .copied()
+                .collect()
+        };
+        quorum(&signers, &keep(&self.checkpoint.indexers()))?;
+        quorum(&signers, &keep(trusted))
     }
 }
 

@@ -45,6 +45,7 @@ mod base;
 pub mod checkpoint;
 pub mod equivocation;
 mod error;
+mod forks;
 pub mod linearizer;
 mod node;
 

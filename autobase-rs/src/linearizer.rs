@@ -262,6 +262,11 @@ impl Linearizer {
         &self.indexers
     }
 
+    /// Height of writer `id`'s latest known node (0 when none).
+    pub fn latest_height(&self, id: WriterId) -> u64 {
+        self.logs.get(id as usize).map_or(0, |l| l.latest_height())
+    }
+
     /// Whether `node` is held.
     pub fn presence(&self, node: NodeId) -> Presence {
         match self.logs.get(node.writer as usize) {

@@ -46,6 +46,33 @@ pub(crate) enum Body {
     /// Proof that a writer signed two different nodes at one position: once
     /// indexed, that writer is cut on every peer.
     Evidence(Box<Equivocation>),
+    /// Evidence written by an indexer, with what its own chain had seen of
+    /// the forker at the proof's position when it learnt the proof: the
+    /// attestation the fork choice counts (see `DESIGN.md`).
+    Attested(Box<Attested>),
+}
+
+/// An indexer's evidence with its attestation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Attested {
+    /// The proof.
+    pub(crate) proof: Equivocation,
+    /// The hash of the forker's node at `proof.seq` in the past of the
+    /// writer's previous node (an attested node names no heads, so that is
+    /// its whole past), or `None` when that past does not reach it.
+    pub(crate) seen: Option<[u8; 32]>,
+}
+
+impl Body {
+    /// The proof an evidence node carries, and its attestation (`Some` for
+    /// an attested node).
+    pub(crate) fn evidence(&self) -> Option<(&Equivocation, Option<Option<[u8; 32]>>)> {
+        match self {
+            Body::Evidence(p) => Some((p, None)),
+            Body::Attested(a) => Some((&a.proof, Some(a.seen))),
+            _ => None,
+        }
+    }
 }
 
 /// The signed part of a block.
@@ -247,7 +274,7 @@ impl Node {
 pub fn block_values(bytes: &[u8], seq: u64) -> Option<Vec<Vec<u8>>> {
     match Block::decode(bytes, seq)?.block.body {
         Body::Values(v) => Some(v.into_iter().map(|b| b.into_vec()).collect()),
-        Body::Ack | Body::Evidence(_) => None,
+        Body::Ack | Body::Evidence(_) | Body::Attested(_) => None,
     }
 }
 

@@ -261,3 +261,65 @@ proptest! {
             "committed {} of {} values", l.committed_count(), committed_values);
     }
 }
+
+/// Appends a node of `w` naming everything its linearizer holds.
+fn write_all(l: &mut Linearizer, w: u32) {
+    let (heads, height) = l.next_heads(w);
+    let seq = l.log_len(w);
+    let refs: Vec<HeadRef> = heads
+        .iter()
+        .map(|&(v, len)| HeadRef {
+            node: NodeId {
+                writer: v,
+                seq: len - 1,
+            },
+            height: None,
+        })
+        .collect();
+    l.add_node(w, seq, &refs, height).unwrap();
+}
+
+/// The bound of the forking-indexer rule (DESIGN.md, "A forking indexer"):
+/// with majority quorums, one indexer that shows one fork to some honest
+/// indexers and another fork to the rest makes both sides commit its forked
+/// nodes, before the two sides ever exchange a node, exactly when the
+/// number of indexers is odd (3, 5): then the honest indexers split into two
+/// groups that each make a majority with the liar. With an even number (4,
+/// 6) the smaller side never commits: two majorities share an honest
+/// indexer, who holds one fork only. No rule applied when the sides meet can
+/// undo a commit, so the bound is on the quorum, not on the rule.
+#[test]
+fn one_forking_indexer_splits_majorities_only_with_an_odd_count() {
+    for n in 3u32..=6 {
+        let q = n / 2 + 1;
+        let liar = n - 1;
+        let honest: Vec<u32> = (0..liar).collect();
+        // The side that can commit with the liar, and the rest.
+        let (a, b) = honest.split_at((q - 1) as usize);
+        let run = |group: &[u32]| {
+            let mut l = Linearizer::new();
+            for w in 0..n {
+                l.writer(key(w));
+            }
+            l.set_indexers(&(0..n).collect::<Vec<_>>());
+            for _ in 0..12 {
+                for &w in group.iter().chain(std::iter::once(&liar)) {
+                    write_all(&mut l, w);
+                }
+                let o = l.order();
+                l.commit(&o, o.final_len);
+            }
+            l.committed_len(liar)
+        };
+        let (ca, cb) = (run(a), run(b));
+        assert!(ca > 0, "n = {n}: the side of {a:?} commits with the liar");
+        if n % 2 == 1 {
+            assert!(
+                cb > 0,
+                "n = {n}: the side of {b:?} commits the liar's other fork too"
+            );
+        } else {
+            assert_eq!(cb, 0, "n = {n}: {b:?} and the liar are no majority");
+        }
+    }
+}
