@@ -554,25 +554,15 @@ impl AutobaseBuilder {
             }
             None => None,
         };
-        let transitions: Vec<SignedCheckpoint> = match storage
-            .meta(&chain_key)
-            .await
-            .map_err(hypercore_rs::Error::from)?
-        {
-            Some(bytes) => {
-                postcard::from_bytes(&bytes).map_err(|_| Error::Corrupt("checkpoint chain"))?
-            }
-            None => Vec::new(),
-        };
+        let transitions: Vec<SignedCheckpoint> =
+            get_meta(&*storage, &chain_key, "checkpoint chain")
+                .await?
+                .unwrap_or_default();
         let proofs_key = format!("autobase-rs/{}/proofs", hex(&key)).into_bytes();
         let mut proofs: HashMap<[u8; 32], Equivocation> = HashMap::new();
-        if let Some(bytes) = storage
-            .meta(&proofs_key)
-            .await
-            .map_err(hypercore_rs::Error::from)?
-        {
-            let list: Vec<Equivocation> =
-                postcard::from_bytes(&bytes).map_err(|_| Error::Corrupt("equivocation proofs"))?;
+        let stored: Option<Vec<Equivocation>> =
+            get_meta(&*storage, &proofs_key, "equivocation proofs").await?;
+        if let Some(list) = stored {
             for p in list.into_iter().filter(|p| p.verify().is_ok()) {
                 match proofs.get(&p.writer()) {
                     Some(have) if have.seq <= p.seq => {}
@@ -583,16 +573,9 @@ impl AutobaseBuilder {
             }
         }
         let forks_key = format!("autobase-rs/{}/forks", hex(&key)).into_bytes();
-        let fork_state: ForkState = match storage
-            .meta(&forks_key)
-            .await
-            .map_err(hypercore_rs::Error::from)?
-        {
-            Some(bytes) => {
-                postcard::from_bytes(&bytes).map_err(|_| Error::Corrupt("fork choices"))?
-            }
-            None => ForkState::default(),
-        };
+        let fork_state: ForkState = get_meta(&*storage, &forks_key, "fork choices")
+            .await?
+            .unwrap_or_default();
         let mut cores = Vec::with_capacity(self.views.len());
         for name in &self.views {
             cores.push(base_ns.get(&format!("view/{name}")).await?);
@@ -2566,6 +2549,21 @@ impl Autobase {
             .await
             .map_err(hypercore_rs::Error::from)?;
         Ok(())
+    }
+}
+
+/// Reads one meta value written by `Autobase::put_meta` and decodes it;
+/// `what` names it in the error when it does not decode.
+async fn get_meta<T: serde::de::DeserializeOwned>(
+    storage: &dyn hypercore_rs::Storage,
+    key: &[u8],
+    what: &'static str,
+) -> Result<Option<T>, Error> {
+    match storage.meta(key).await.map_err(hypercore_rs::Error::from)? {
+        Some(bytes) => postcard::from_bytes(&bytes)
+            .map(Some)
+            .map_err(|_| Error::Corrupt(what)),
+        None => Ok(None),
     }
 }
 
