@@ -140,13 +140,43 @@ impl PartialEq for ScopeKey {
 
 impl Eq for ScopeKey {}
 
-/// The associated data of a sealed resource: its type and id.
-fn binding(resource_type: &str, id: &str) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(resource_type.len() + id.len() + 1);
-    aad.extend_from_slice(resource_type.as_bytes());
-    aad.push(0);
-    aad.extend_from_slice(id.as_bytes());
-    aad
+/// The associated data of a sealed resource: its type, a zero byte and
+/// its id; on the stack for the usual short names (every read builds one).
+enum Binding {
+    Stack([u8; 96], usize),
+    Heap(Vec<u8>),
+}
+
+fn binding(resource_type: &str, id: &str) -> Binding {
+    let n = resource_type.len() + 1 + id.len();
+    let mut small = [0u8; 96];
+    match small.get_mut(..n) {
+        Some(a) => {
+            let (t, rest) = a.split_at_mut(resource_type.len());
+            t.copy_from_slice(resource_type.as_bytes());
+            if let Some((zero, i)) = rest.split_first_mut() {
+                *zero = 0;
+                i.copy_from_slice(id.as_bytes());
+            }
+            Binding::Stack(small, n)
+        }
+        None => {
+            let mut aad = Vec::with_capacity(n);
+            aad.extend_from_slice(resource_type.as_bytes());
+            aad.push(0);
+            aad.extend_from_slice(id.as_bytes());
+            Binding::Heap(aad)
+        }
+    }
+}
+
+impl AsRef<[u8]> for Binding {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Binding::Stack(b, n) => b.get(..*n).unwrap_or_default(),
+            Binding::Heap(v) => v,
+        }
+    }
 }
 
 impl std::fmt::Debug for ScopeKey {
@@ -253,11 +283,12 @@ impl ScopeKey {
     ) -> Result<Vec<u8>, SealError> {
         let salt: [u8; 16] = random(entropy)?;
         let aad = binding(resource_type, id);
+        let aad = aad.as_ref();
         let nk = blake3::derive_key(NONCE_V2_DOMAIN, &self.key);
         let mut h = blake3::Hasher::new_keyed(&nk);
         h.update(&salt);
         h.update(&(aad.len() as u64).to_le_bytes());
-        h.update(&aad);
+        h.update(aad);
         h.update(plaintext);
         let mut nonce = [0u8; 12];
         h.finalize_xof().fill(&mut nonce);
@@ -268,7 +299,7 @@ impl ScopeKey {
             .sealing_cipher()?
             .seal_in_place_separate_tag(
                 ring::aead::Nonce::assume_unique_for_key(nonce),
-                ring::aead::Aad::from(&aad),
+                ring::aead::Aad::from(aad),
                 out.get_mut(12..).unwrap_or_default(),
             )
             .map_err(|_| KeyError::Decrypt)?;
@@ -319,30 +350,12 @@ impl ScopeKey {
         (buf, from): (&mut [u8], usize),
         tag: &[u8; 16],
     ) -> Result<(), SealError> {
-        // The associated data on the stack for the usual short names.
-        let mut small = [0u8; 96];
-        let n = resource_type.len() + 1 + id.len();
-        let heap;
-        let aad: &[u8] = match small.get_mut(..n) {
-            Some(a) => {
-                let (t, rest) = a.split_at_mut(resource_type.len());
-                t.copy_from_slice(resource_type.as_bytes());
-                if let Some((zero, i)) = rest.split_first_mut() {
-                    *zero = 0;
-                    i.copy_from_slice(id.as_bytes());
-                }
-                a
-            }
-            None => {
-                heap = binding(resource_type, id);
-                &heap
-            }
-        };
+        let aad = binding(resource_type, id);
         let tag = ring::aead::Tag::from(*tag);
         self.sealing_cipher()?
             .open_in_place_separate_tag(
                 ring::aead::Nonce::assume_unique_for_key(*nonce),
-                ring::aead::Aad::from(aad),
+                ring::aead::Aad::from(aad.as_ref()),
                 tag,
                 buf,
                 from..,
@@ -979,6 +992,40 @@ mod tests {
 
     /// Records written before v2 hold v1 shells: they still open, through
     /// both paths, and are still recognised as sealed.
+    /// Short names build the associated data on the stack, long ones on
+    /// the heap: the same bytes; a resource with the longest FHIR id (64
+    /// characters) seals and opens.
+    #[test]
+    fn the_binding_is_the_same_on_the_stack_and_the_heap() {
+        // FHIR ids are at most 64 characters, so valid names always fit
+        // on the stack; the heap is for anything longer.
+        let long = "x".repeat(64);
+        let longer = "y".repeat(100);
+        for (t, i) in [
+            ("Observation", "o1"),
+            ("Observation", &long),
+            ("Observation", &longer),
+        ] {
+            let want = [t.as_bytes(), &[0], i.as_bytes()].concat();
+            assert_eq!(binding(t, i).as_ref(), &want[..]);
+        }
+        assert!(matches!(binding("Observation", &long), Binding::Stack(..)));
+        assert!(matches!(binding("Observation", &longer), Binding::Heap(_)));
+        let k = ScopeKey::generate("default", 0, &hypercore_rs::OsEntropy).unwrap();
+        let json = String::from_utf8(OBS.to_vec())
+            .unwrap()
+            .replace("\"bp\"", &format!("\"{long}\""));
+        let shell = seal_resource(&k, json.as_bytes(), &hypercore_rs::OsEntropy).unwrap();
+        let mut ring = Keyring::new();
+        ring.insert(k);
+        let packed = pack_shell(&shell).unwrap();
+        assert_eq!(
+            open_resource_at(&ring, "Observation", &long, &packed).unwrap(),
+            json.as_bytes()
+        );
+        assert_eq!(open_resource(&ring, &shell).unwrap(), json.as_bytes());
+    }
+
     #[test]
     fn only_v2_shells_are_packed() {
         let k = ScopeKey::generate("default", 0, &hypercore_rs::OsEntropy).unwrap();
