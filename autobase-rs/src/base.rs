@@ -274,6 +274,9 @@ struct Input {
     vk: Option<VerifyingKey>,
     /// Blocks below this seq were scanned ahead for evidence.
     scanned: u64,
+    /// Blocks below this seq were scanned ahead for heads pinning nodes of
+    /// another fork of a proven forker (see `want_pins_ahead`).
+    pins_scanned: u64,
 }
 
 impl Input {
@@ -285,6 +288,7 @@ impl Input {
             frozen: false,
             vk: None,
             scanned: 0,
+            pins_scanned: 0,
         }
     }
 }
@@ -1604,6 +1608,55 @@ impl Autobase {
         Ok(())
     }
 
+    /// Input `id` waits at a node pinning a node of `forker` past what
+    /// this peer's core holds: its later blocks (from `from`, each scanned
+    /// once, at most [`PINS_AHEAD`] per call) likely pin higher nodes of the
+    /// same fork. The highest of them is wanted now, so one answer (that
+    /// node and the chain below it) brings every node those blocks will
+    /// wait on, instead of one round trip per block.
+    async fn want_pins_ahead(
+        &self,
+        st: &mut State,
+        id: WriterId,
+        from: u64,
+        forker: [u8; 32],
+    ) -> Result<(), Error> {
+        let Some((core, scanned)) = st.inputs.get(&id).map(|i| (i.core.clone(), i.pins_scanned))
+        else {
+            return Ok(());
+        };
+        let held = st
+            .lin
+            .writer_id(&forker)
+            .and_then(|w| st.inputs.get(&w))
+            .map_or(0, |i| i.core.length());
+        let start = from.max(scanned);
+        let end = core.length().min(start + PINS_AHEAD);
+        let mut top: Option<(u64, [u8; 32])> = None;
+        let mut seq = start;
+        while seq < end {
+            let Some(bytes) = core.get(seq).await? else {
+                break;
+            };
+            if let Some(b) = Block::decode(&bytes, seq) {
+                for h in b.block.heads.iter().filter(|h| h.key == forker) {
+                    let at = h.length - 1;
+                    if at >= held && top.is_none_or(|(s, _)| at > s) {
+                        top = Some((at, h.hash));
+                    }
+                }
+            }
+            seq += 1;
+        }
+        if let Some(i) = st.inputs.get_mut(&id) {
+            i.pins_scanned = seq;
+        }
+        if let Some((at, hash)) = top {
+            self.want_fork(st, (forker, at, hash)).await?;
+        }
+        Ok(())
+    }
+
     /// Asks the connected peers again for every wanted node of other forks.
     async fn resend_fork_wants(&self, core: &Core) {
         let st = self.inner.state.lock().await;
@@ -1665,27 +1718,48 @@ impl Autobase {
     }
 
     /// Answers a peer's want of a node of another fork, if this peer holds
-    /// that node (in the writer's core or among the fetched blocks).
+    /// that node (in the writer's core or among the fetched blocks), with
+    /// that node and the chain below it as far as this peer holds it (at
+    /// most [`crate::forks::ANSWER_CHAIN`] nodes, highest first). The
+    /// requester keeps a block only when it is wanted, and wants a block's
+    /// `prev` as soon as it keeps it, so the chain down to its fork point
+    /// arrives in one round trip instead of one per node; blocks below its
+    /// fork point are not wanted and are dropped.
     async fn answer_fork_want(&self, core: &Core, node: ForkNode) -> Result<(), Error> {
         let st = self.inner.state.lock().await;
-        let (key, seq, hash) = node;
-        let mut bytes = st.forks.get(&node).map(|b| b.bytes.to_vec());
-        if bytes.is_none() {
-            if let Some(input) = st.lin.writer_id(&key).and_then(|id| st.inputs.get(&id)) {
-                if seq < input.core.length() {
-                    if let Some(b) = input.core.get(seq).await? {
+        let (key, mut seq, mut hash) = node;
+        let input = st
+            .lin
+            .writer_id(&key)
+            .and_then(|id| st.inputs.get(&id))
+            .map(|i| i.core.clone());
+        let mut sent_bytes = 0usize;
+        for _ in 0..crate::forks::ANSWER_CHAIN {
+            let mut bytes = st.forks.get(&(key, seq, hash)).map(|b| b.bytes.to_vec());
+            if bytes.is_none() {
+                if let Some(c) = input.as_ref().filter(|c| seq < c.length()) {
+                    if let Some(b) = c.get(seq).await? {
                         if Block::decode(&b, seq).is_some_and(|s| s.hash == hash) {
                             bytes = Some(b);
                         }
                     }
                 }
             }
-        }
-        if let Some(b) = bytes {
+            let Some(b) = bytes else {
+                break;
+            };
+            let prev = Block::decode(&b, seq).map(|s| s.block.prev);
+            sent_bytes += b.len();
             core.send_extension(
                 CHECKPOINT_EXTENSION,
                 crate::forks::block_message(MSG_FORK_BLOCK, &key, seq, &b),
             );
+            match (prev, seq.checked_sub(1)) {
+                (Some(p), Some(below)) if sent_bytes < crate::forks::ANSWER_BYTES => {
+                    (seq, hash) = (below, p);
+                }
+                _ => break,
+            }
         }
         Ok(())
     }
@@ -2033,6 +2107,7 @@ impl Autobase {
                     self.want_fork(st, (h.key, node.seq, named.hash)).await?;
                     if !self.on_other_fork(st, h.key, node.seq, named.hash).await? {
                         st.fork_blocked = true;
+                        self.want_pins_ahead(st, id, seq + 1, h.key).await?;
                         return Ok(false);
                     }
                     let ok = match Self::verifying_key(st, w) {
@@ -2577,6 +2652,9 @@ const MSG_BLOCKS: u8 = 2;
 const MSG_EQUIVOCATION: u8 = 3;
 const MSG_TRANSITION: u8 = 4;
 const MSG_FORK_WANT: u8 = 5;
+/// The most later blocks of an input scanned at once for pins of another
+/// fork ([`Autobase::want_pins_ahead`]).
+const PINS_AHEAD: u64 = 256;
 const MSG_FORK_BLOCK: u8 = 6;
 /// Block bytes per answer message (one larger block goes alone).
 const CHUNK_BYTES: usize = 256 * 1024;

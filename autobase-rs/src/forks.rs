@@ -25,6 +25,12 @@ pub(crate) const MAX_FORK_BLOCKS: usize = 4096;
 /// The most nodes wanted at once.
 pub(crate) const MAX_FORK_WANTS: usize = 1024;
 
+/// The most nodes one answer to a want sends: the wanted node and the
+/// chain below it.
+pub(crate) const ANSWER_CHAIN: usize = 256;
+/// An answer stops once it has sent this many block bytes.
+pub(crate) const ANSWER_BYTES: usize = 256 * 1024;
+
 /// `(writer key, seq, node hash)`.
 pub(crate) type ForkNode = ([u8; 32], u64, [u8; 32]);
 
