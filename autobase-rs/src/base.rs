@@ -91,6 +91,22 @@ pub struct Cut {
     pub public_key: hypercore_rs::PublicKey,
 }
 
+/// A fork choice made about a forking indexer (the attested fork choice,
+/// `DESIGN.md`): at `position`, the lowest position this peer had proven
+/// it to fork at when every other indexer's attestation was in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ForkChoice {
+    /// The forking indexer's writer key.
+    pub writer: [u8; 32],
+    /// Its fork position the choice is about.
+    pub position: u64,
+    /// The chosen fork, as the hash of the forker's node at `position`
+    /// on it; `None` when no fork was attested by enough indexers and the
+    /// forker is silenced at `position` whichever fork it shows.
+    pub chosen: Option<[u8; 32]>,
+}
+
 /// Membership as `apply` changes it.
 #[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Host {
@@ -1164,6 +1180,23 @@ impl Autobase {
         let mut v: Vec<Equivocation> = st.proofs.values().cloned().collect();
         v.sort_by_key(|p| p.writer());
         v
+    }
+
+    /// The fork choices this peer made about forking indexers, in the order
+    /// it made them (stored, so they survive a restart). A proof at a lower
+    /// position found after a choice opens a new choice at that position;
+    /// both stay listed.
+    pub async fn fork_choices(&self) -> Vec<ForkChoice> {
+        let st = self.inner.state.lock().await;
+        st.choice
+            .chosen
+            .iter()
+            .map(|&(writer, position, chosen)| ForkChoice {
+                writer,
+                position,
+                chosen,
+            })
+            .collect()
     }
 
     /// The writers at the tip.

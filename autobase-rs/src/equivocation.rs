@@ -73,6 +73,27 @@ impl Equivocation {
         }
     }
 
+    /// A proof from two raw input blocks (as stored in a writer's input
+    /// core, or fetched) that both claim position `seq`: each must decode
+    /// as a node at `seq` and carry `public_key`'s signature, and they must
+    /// differ. What an auditor holding two copies of a writer's log uses to
+    /// show the fork to others ([`crate::Autobase::add_equivocation`]).
+    pub fn from_blocks(
+        public_key: PublicKey,
+        seq: u64,
+        x: &[u8],
+        y: &[u8],
+    ) -> Result<Self, EquivocationError> {
+        let node = |b: &[u8]| {
+            crate::node::Block::decode(b, seq)
+                .map(|s| s.node())
+                .ok_or(EquivocationError::Malformed)
+        };
+        let proof = Equivocation::new(public_key, seq, node(x)?, node(y)?);
+        proof.verify()?;
+        Ok(proof)
+    }
+
     /// The writer key of the equivocating writer.
     pub fn writer(&self) -> [u8; 32] {
         writer_key(&self.public_key)
@@ -146,6 +167,44 @@ mod tests {
         let other = SigningKey::from_bytes(&[2; 32]);
         let framed = Equivocation::new(pk, 4, node(&k, 4, 1), node(&other, 4, 2));
         assert_eq!(framed.verify(), Err(EquivocationError::BadSignature));
+    }
+
+    #[test]
+    fn a_proof_from_raw_blocks() {
+        let k = SigningKey::from_bytes(&[1; 32]);
+        let pk = k.verifying_key().to_bytes();
+        let raw = |seq: u64, v: u8, key: &SigningKey| {
+            let b = Block {
+                version: crate::node::NODE_VERSION,
+                height: 1,
+                prev: if seq == 0 { [0; 32] } else { [1; 32] },
+                heads: vec![],
+                body: Body::Values(vec![serde_bytes::ByteBuf::from(vec![v])]),
+            };
+            b.sign(seq, key).0
+        };
+        let (x, y) = (raw(4, 1, &k), raw(4, 2, &k));
+        let p = Equivocation::from_blocks(pk, 4, &x, &y).unwrap();
+        assert_eq!(p, Equivocation::new(pk, 4, node(&k, 4, 1), node(&k, 4, 2)));
+        assert_eq!(
+            Equivocation::from_blocks(pk, 4, &x, &x),
+            Err(EquivocationError::NoConflict)
+        );
+        // Read at another position, the same bytes are other nodes (the
+        // hash covers the position), so the signatures do not verify.
+        assert_eq!(
+            Equivocation::from_blocks(pk, 5, &x, &y),
+            Err(EquivocationError::BadSignature)
+        );
+        let other = SigningKey::from_bytes(&[2; 32]);
+        assert_eq!(
+            Equivocation::from_blocks(pk, 4, &x, &raw(4, 2, &other)),
+            Err(EquivocationError::BadSignature)
+        );
+        assert_eq!(
+            Equivocation::from_blocks(pk, 4, &x, &y[..y.len() - 1]),
+            Err(EquivocationError::Malformed)
+        );
     }
 
     proptest! {

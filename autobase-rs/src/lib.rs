@@ -50,7 +50,8 @@ pub mod linearizer;
 mod node;
 
 pub use base::{
-    Apply, Autobase, AutobaseBuilder, Cut, Event, Host, View, WriterInfo, CHECKPOINT_EXTENSION,
+    Apply, Autobase, AutobaseBuilder, Cut, Event, ForkChoice, Host, View, WriterInfo,
+    CHECKPOINT_EXTENSION,
 };
 pub use checkpoint::{follow_chain, Checkpoint, CheckpointError, CommittedTip, SignedCheckpoint};
 pub use equivocation::{Equivocation, EquivocationError, SignedNode};

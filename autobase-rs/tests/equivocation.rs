@@ -94,7 +94,28 @@ impl Finality {
 /// `majority_fork`: a also sees the liar's first fork (with b) during the
 /// fork phase, so an indexing liar and a, b (three of four indexers)
 /// commit on that fork past the fork position while c holds the other.
-async fn run(seed: u64, liar_indexes: bool, restart: bool, majority_fork: bool) {
+/// `lower_after_choice` (with `majority_fork`): c sees neither fork during
+/// the fork phase (the second one is only in the liar's second copy), and
+/// before the meeting every honest peer is handed a proof at the forks'
+/// highest common position `P`, above the fork point. They attest at `P`
+/// (c: no node of the liar there in its past) and choose fork one there;
+/// then a is handed a proof at the fork point itself, which opens a second
+/// choice there.
+#[derive(Clone, Copy, Default)]
+struct Mode {
+    liar_indexes: bool,
+    restart: bool,
+    majority_fork: bool,
+    lower_after_choice: bool,
+}
+
+async fn run(seed: u64, mode: Mode) {
+    let Mode {
+        liar_indexes,
+        restart,
+        majority_fork,
+        lower_after_choice,
+    } = mode;
     let mut rng = Rng(seed | 1);
     let mut fin = Finality::default();
     let stores: Vec<Arc<dyn Storage>> = (0..3)
@@ -160,7 +181,9 @@ async fn run(seed: u64, liar_indexes: bool, restart: bool, majority_fork: bool) 
     // The fork: l1 shows one continuation to b, l2 another to c; b and c
     // (and a, alone) write too, naming what they saw.
     link(&l1, &b, &mut links);
-    link(&l2, &c, &mut links);
+    if !lower_after_choice {
+        link(&l2, &c, &mut links);
+    }
     if majority_fork {
         link(&a, &l1, &mut links);
     }
@@ -168,7 +191,10 @@ async fn run(seed: u64, liar_indexes: bool, restart: bool, majority_fork: bool) 
     l1.append(b"pfork=one".to_vec()).await.unwrap();
     l2.append(b"pfork=two".to_vec()).await.unwrap();
     for step in 0..(6 + rng.below(6)) {
-        let who = rng.below(5);
+        let who = match rng.below(5) {
+            3 if lower_after_choice => 1,
+            w => w,
+        };
         let k = rng.below(4);
         let (base, name) = match who {
             0 => (&l1, "l1"),
@@ -182,29 +208,21 @@ async fn run(seed: u64, liar_indexes: bool, restart: bool, majority_fork: bool) 
         if who >= 2 {
             puts.push(format!("{name}{k}"));
         }
-        for x in [&l1, &b, &l2, &c] {
-            x.update().await.unwrap();
-        }
-        if majority_fork {
-            a.update().await.unwrap();
-        }
+        fork_phase_updates(&[&l1, &b, &l2, &c, &a], lower_after_choice, majority_fork).await;
         fin.check(&[&a, &b, &c], seed).await;
         tokio::task::yield_now().await;
     }
     // Let b and c read the liar's latest and name it.
     for _ in 0..50 {
-        for x in [&l1, &b, &l2, &c] {
-            x.update().await.unwrap();
-        }
-        if majority_fork {
-            a.update().await.unwrap();
-        }
+        fork_phase_updates(&[&l1, &b, &l2, &c, &a], lower_after_choice, majority_fork).await;
         tokio::task::yield_now().await;
     }
     b.append(b"pbseen=1".to_vec()).await.unwrap();
-    c.append(b"pcseen=1".to_vec()).await.unwrap();
     puts.push("bseen".into());
-    puts.push("cseen".into());
+    if !lower_after_choice {
+        c.append(b"pcseen=1".to_vec()).await.unwrap();
+        puts.push("cseen".into());
+    }
     fin.check(&[&a, &b, &c], seed).await;
     if majority_fork {
         // The case this mode is for: the first fork was committed past the
@@ -218,6 +236,47 @@ async fn run(seed: u64, liar_indexes: bool, restart: bool, majority_fork: bool) 
         assert!(
             committed > fork_at,
             "seed {seed}: the liar's fork was not committed past {fork_at} ({committed})"
+        );
+    }
+    let (mut high, mut lower, mut lower_sent) = (None, None, false);
+    if lower_after_choice {
+        // A proof at the highest position both forks hold, handed to every
+        // honest peer while they are still apart (c has seen neither fork).
+        for i in 0..4 {
+            l2.append(format!("ptwo{i}=l2").into_bytes()).await.unwrap();
+        }
+        let (one, two) = (
+            l1.store().get_by_key(lkey).await.unwrap(),
+            l2.store().get_by_key(lkey).await.unwrap(),
+        );
+        let p = one.length().min(two.length()) - 1;
+        assert!(p > fork_at + 1, "seed {seed}: forks too short ({p})");
+        let pk = one.manifest().unwrap().signers[0];
+        let proof = Equivocation::from_blocks(
+            pk,
+            p,
+            &one.get(p).await.unwrap().unwrap(),
+            &two.get(p).await.unwrap().unwrap(),
+        )
+        .unwrap();
+        for x in [&a, &b, &c] {
+            assert!(x.add_equivocation(proof.clone()).await.unwrap());
+        }
+        for _ in 0..20 {
+            for x in [&l1, &b, &l2, &c, &a] {
+                x.update().await.unwrap();
+            }
+            tokio::task::yield_now().await;
+        }
+        high = Some(p);
+        lower = Some(
+            Equivocation::from_blocks(
+                pk,
+                fork_at,
+                &one.get(fork_at).await.unwrap().unwrap(),
+                &two.get(fork_at).await.unwrap().unwrap(),
+            )
+            .unwrap(),
         );
     }
     cut_links(&mut links).await;
@@ -244,6 +303,19 @@ async fn run(seed: u64, liar_indexes: bool, restart: bool, majority_fork: bool) 
         let honest = [&a, &b, &c];
         for x in honest {
             x.update().await.unwrap();
+        }
+        if let (Some(low), false) = (&lower, lower_sent) {
+            // Every peer chose at P: now a learns a proof at the fork
+            // point (as from a peer that held the second fork) and passes
+            // it on.
+            let mut chosen = true;
+            for x in honest {
+                chosen &= !x.fork_choices().await.is_empty();
+            }
+            if chosen {
+                assert!(a.add_equivocation(low.clone()).await.unwrap());
+                lower_sent = true;
+            }
         }
         if majority_fork && step % 20 == 0 {
             let mut s = String::new();
@@ -290,7 +362,17 @@ async fn run(seed: u64, liar_indexes: bool, restart: bool, majority_fork: bool) 
             cut_everywhere &= w.iter().any(|w| w.key == lkey && w.cut.is_some());
         }
         if cut_everywhere && converged(&honest).await {
-            eprintln!("seed {seed}: converged at step {step}");
+            let mut choices = Vec::new();
+            for x in honest {
+                choices.push(
+                    x.fork_choices()
+                        .await
+                        .iter()
+                        .map(|c| (c.position, c.chosen.map(|h| h[0])))
+                        .collect::<Vec<_>>(),
+                );
+            }
+            eprintln!("seed {seed}: converged at step {step}, choices {choices:?}");
             // The other fork's nodes arrive in one round trip per chain
             // (a want is answered with the chain below the node, and a
             // waiting input wants the highest node its later blocks pin),
@@ -377,6 +459,40 @@ async fn run(seed: u64, liar_indexes: bool, restart: bool, majority_fork: bool) 
         }
     }
     assert!(done, "seed {seed}: honest peers did not converge");
+    // Fork choices: every peer that made a choice at a position made the
+    // same one, and all end with the same choice at the lowest position.
+    let mut all_choices = Vec::new();
+    for x in honest {
+        all_choices.push(x.fork_choices().await);
+    }
+    for (i, x) in all_choices.iter().enumerate() {
+        for y in &all_choices[i + 1..] {
+            for cx in x {
+                for cy in y.iter().filter(|cy| cy.position == cx.position) {
+                    assert_eq!(cx, cy, "seed {seed}: two choices at one position");
+                }
+            }
+        }
+    }
+    let lowest = |v: &Vec<autobase_rs::ForkChoice>| v.iter().min_by_key(|c| c.position).copied();
+    for x in &all_choices[1..] {
+        assert_eq!(lowest(x), lowest(&all_choices[0]), "seed {seed}");
+    }
+    if let Some(p) = high {
+        // The case of this mode happened: a chose at P (fork one when a's
+        // and b's chains had seen the liar's node at P, else the silence),
+        // then a fork at the fork point: fork one, which a and b committed
+        // (they converged with c without a fast-forward of theirs, which a
+        // choice of fork two would have needed).
+        let a_choices = &all_choices[0];
+        assert!(
+            a_choices.len() == 2
+                && a_choices[0].position == p
+                && a_choices[1].position == fork_at
+                && a_choices[1].chosen.is_some(),
+            "seed {seed}: choices of a {a_choices:?}, P = {p}"
+        );
+    }
     fin.check(&honest, seed).await;
     // Every peer holds a valid proof against the liar.
     for x in honest {
@@ -464,6 +580,19 @@ async fn run(seed: u64, liar_indexes: bool, restart: bool, majority_fork: bool) 
     cut_links(&mut links).await;
 }
 
+/// One round of updates in the fork phase of [`run`] (`bases` = l1, b, l2,
+/// c, a): a only when it sees the first fork, and c not at all when it must
+/// not pin the second fork before the meeting (`lower_after_choice`: its
+/// core still downloads it).
+async fn fork_phase_updates(bases: &[&Autobase; 5], c_silent: bool, a_sees: bool) {
+    for (i, x) in bases.iter().enumerate() {
+        if (i == 3 && c_silent) || (i == 4 && !a_sees) {
+            continue;
+        }
+        x.update().await.unwrap();
+    }
+}
+
 /// [`settle`], with every base that needs it fast-forwarding from its
 /// peers between rounds (what ehr-core's checkpoint duty does).
 async fn settle_with_fast_forward(bases: &[&Autobase]) {
@@ -487,14 +616,21 @@ async fn settle_with_fast_forward(bases: &[&Autobase]) {
 #[tokio::test]
 async fn a_forking_writer_is_cut_alike_everywhere() {
     for seed in 1..=4u64 {
-        run(seed * 0x9e37_79b9, false, false, false).await;
+        run(seed * 0x9e37_79b9, Mode::default()).await;
     }
 }
 
 #[tokio::test]
 async fn a_forking_indexer_is_cut_alike_everywhere() {
     for seed in 1..=6u64 {
-        run(seed * 0x9e37_79b9, true, false, false).await;
+        run(
+            seed * 0x9e37_79b9,
+            Mode {
+                liar_indexes: true,
+                ..Mode::default()
+            },
+        )
+        .await;
     }
 }
 
@@ -503,7 +639,15 @@ async fn a_forking_indexer_is_cut_alike_everywhere() {
 #[tokio::test]
 async fn a_forking_indexer_is_cut_after_a_restart_in_the_middle() {
     for seed in 7..=10u64 {
-        run(seed * 0x9e37_79b9, true, true, false).await;
+        run(
+            seed * 0x9e37_79b9,
+            Mode {
+                liar_indexes: true,
+                restart: true,
+                ..Mode::default()
+            },
+        )
+        .await;
     }
 }
 
@@ -518,7 +662,39 @@ async fn a_forking_indexer_is_cut_after_a_restart_in_the_middle() {
 #[tokio::test]
 async fn a_fork_committed_with_the_forking_indexers_vote_converges() {
     for seed in 1..=3u64 {
-        run(seed * 0x9e37_79b9, true, false, true).await;
+        run(
+            seed * 0x9e37_79b9,
+            Mode {
+                liar_indexes: true,
+                majority_fork: true,
+                ..Mode::default()
+            },
+        )
+        .await;
+    }
+}
+
+/// The known case again, with a proof at a higher position than the fork
+/// point reaching every honest peer first (see [`Mode`]): a and b choose
+/// fork one there, then a proof at a lower position opens a second choice,
+/// which names the same fork, and every property holds as before.
+#[tokio::test]
+async fn a_lower_proof_after_a_fork_choice_keeps_the_choice() {
+    let seeds: u64 = std::env::var("AUTOBASE_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    for seed in 1..=seeds {
+        run(
+            seed * 0x9e37_79b9,
+            Mode {
+                liar_indexes: true,
+                majority_fork: true,
+                lower_after_choice: true,
+                ..Mode::default()
+            },
+        )
+        .await;
     }
 }
 
