@@ -332,6 +332,11 @@ struct State {
     forks: OtherForks,
     /// Attestations and choices for forking indexers.
     choice: ForkState,
+    /// Proof positions `(forker, seq)` known to be the fork point: this
+    /// peer holds both nodes of the proof and they chain onto one node
+    /// (`fork_choice` waits for this, so every peer chooses at the same
+    /// position).
+    fork_points: HashSet<([u8; 32], u64)>,
     /// Per forker with a chosen fork: whether this peer's core holds it.
     on_chosen: HashMap<[u8; 32], bool>,
     /// The checkpoints at which the indexer set changed, with the
@@ -682,6 +687,7 @@ impl AutobaseBuilder {
                 fork_blocked: false,
                 forks: OtherForks::default(),
                 choice: fork_state,
+                fork_points: HashSet::new(),
                 on_chosen: HashMap::new(),
                 transitions,
                 pending_transitions: Vec::new(),
@@ -809,9 +815,11 @@ impl Autobase {
         let mut st = self.inner.state.lock().await;
         self.pull(&mut st).await?;
         self.settle(&mut st).await?;
-        if st.fork_blocked {
-            // Blocked on another fork's nodes: ask for them again (a want
-            // sent while no peer that holds them listened is lost).
+        if st.fork_blocked || self.any_open(&st) {
+            // Blocked on another fork's nodes, or a fork choice waits (for
+            // the nodes that show the fork point, or for attestations): ask
+            // for them again (a want sent while no peer that holds them
+            // listened is lost).
             let core = self.inner.store.get_by_key(self.inner.key).await?;
             for node in st.forks.wants().take(64) {
                 core.send_extension(
@@ -1519,6 +1527,12 @@ impl Autobase {
         if let Some(c) = st.choice.chosen(forker, f) {
             return Some((f, c.map_or(Choice::Silence, Choice::Fork)));
         }
+        // Only at the fork point itself: a proof above it (a head pinned a
+        // higher node) is lowered by fetching, and a choice made there first
+        // could differ from the one made at the fork point.
+        if !st.fork_points.contains(&(*forker, f)) {
+            return Some((f, Choice::Open));
+        }
         let mut counts: Vec<([u8; 32], usize)> = Vec::new();
         for o in indexers.iter().filter(|o| *o != forker) {
             match st.choice.attested(forker, f, o) {
@@ -1541,9 +1555,77 @@ impl Autobase {
         ))
     }
 
+    /// Checks whether each proof not chosen on yet sits at its fork point:
+    /// its two nodes chain onto one node (or it is at seq 0). The nodes come
+    /// from this peer's core or from fetched blocks; a missing one is
+    /// wanted, and when both are held but chain onto different nodes, the
+    /// nodes below are wanted, so the chain is fetched down to the fork
+    /// point and the proof lowered there (`add_fork_block`). Every peer
+    /// thus chooses at the same position: for a writer with two forks the
+    /// fork point is unique.
+    async fn check_fork_points(&self, st: &mut State) -> Result<(), Error> {
+        let proofs: Vec<([u8; 32], u64, [[u8; 32]; 2])> = st
+            .proofs
+            .iter()
+            .map(|(w, p)| (*w, p.seq, [p.a.hash, p.b.hash]))
+            .collect();
+        for (w, s, hashes) in proofs {
+            if st.fork_points.contains(&(w, s)) || st.choice.chosen(&w, s).is_some() {
+                continue;
+            }
+            let Some(below) = s.checked_sub(1) else {
+                st.fork_points.insert((w, s));
+                continue;
+            };
+            let mut prevs = Vec::with_capacity(2);
+            for h in hashes {
+                match self.fork_node_prev(st, w, s, h).await? {
+                    Some(prev) => prevs.push(prev),
+                    None => self.want_fork(st, (w, s, h)).await?,
+                }
+            }
+            if let [x, y] = prevs[..] {
+                if x == y {
+                    st.fork_points.insert((w, s));
+                } else {
+                    let ours = self.our_node(st, w, below).await?.map(|n| n.hash);
+                    for prev in [x, y] {
+                        if ours != Some(prev) {
+                            self.want_fork(st, (w, below, prev)).await?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The `prev` of node `(key, seq, hash)` if this peer holds that node
+    /// (fetched, or in the writer's core).
+    async fn fork_node_prev(
+        &self,
+        st: &State,
+        key: [u8; 32],
+        seq: u64,
+        hash: [u8; 32],
+    ) -> Result<Option<[u8; 32]>, Error> {
+        if let Some(b) = st.forks.get(&(key, seq, hash)) {
+            return Ok(Block::decode(&b.bytes, seq).map(|s| s.block.prev));
+        }
+        let Some(writer) = st.lin.writer_id(&key) else {
+            return Ok(None);
+        };
+        Ok(self
+            .read_signed(st, NodeId { writer, seq })
+            .await?
+            .filter(|b| b.hash == hash)
+            .map(|b| b.block.prev))
+    }
+
     /// Fixes (and stores) every fork choice whose attestations are all in,
     /// and notes whether this peer's core holds each chosen fork.
     async fn choose(&self, st: &mut State) -> Result<(), Error> {
+        self.check_fork_points(st).await?;
         let forkers: Vec<[u8; 32]> = st.proofs.keys().copied().collect();
         let mut changed = false;
         for w in forkers {

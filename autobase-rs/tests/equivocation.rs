@@ -94,19 +94,22 @@ impl Finality {
 /// `majority_fork`: a also sees the liar's first fork (with b) during the
 /// fork phase, so an indexing liar and a, b (three of four indexers)
 /// commit on that fork past the fork position while c holds the other.
-/// `lower_after_choice` (with `majority_fork`): c sees neither fork during
-/// the fork phase (the second one is only in the liar's second copy), and
-/// before the meeting every honest peer is handed a proof at the forks'
-/// highest common position `P`, above the fork point. They attest at `P`
-/// (c: no node of the liar there in its past) and choose fork one there;
-/// then a is handed a proof at the fork point itself, which opens a second
-/// choice there.
+/// `above_fork_point` (with `majority_fork`): c sees neither fork during
+/// the fork phase; the second fork is held by the liar's second copy and
+/// by a reader `h` that writes nothing. Before the meeting every honest
+/// peer is handed a proof at the forks' highest common position `P`, above
+/// the fork point. Nobody holds the second fork's node at `P` but `h`, so
+/// nobody can tell whether `P` is the fork point: no choice may be made
+/// (ten meeting steps are checked; with a choice at `P` allowed, a, b and
+/// c chose there within four). Then `h` joins a: a fetches the second
+/// fork's chain from it, lowers the proof to the fork point, and every
+/// peer chooses there, once.
 #[derive(Clone, Copy, Default)]
 struct Mode {
     liar_indexes: bool,
     restart: bool,
     majority_fork: bool,
-    lower_after_choice: bool,
+    above_fork_point: bool,
 }
 
 async fn run(seed: u64, mode: Mode) {
@@ -114,7 +117,7 @@ async fn run(seed: u64, mode: Mode) {
         liar_indexes,
         restart,
         majority_fork,
-        lower_after_choice,
+        above_fork_point,
     } = mode;
     let mut rng = Rng(seed | 1);
     let mut fin = Finality::default();
@@ -181,9 +184,14 @@ async fn run(seed: u64, mode: Mode) {
     // The fork: l1 shows one continuation to b, l2 another to c; b and c
     // (and a, alone) write too, naming what they saw.
     link(&l1, &b, &mut links);
-    if !lower_after_choice {
+    let holder = if above_fork_point {
+        let h = mem(Some(key)).await;
+        link(&l2, &h, &mut links);
+        Some(h)
+    } else {
         link(&l2, &c, &mut links);
-    }
+        None
+    };
     if majority_fork {
         link(&a, &l1, &mut links);
     }
@@ -192,7 +200,7 @@ async fn run(seed: u64, mode: Mode) {
     l2.append(b"pfork=two".to_vec()).await.unwrap();
     for step in 0..(6 + rng.below(6)) {
         let who = match rng.below(5) {
-            3 if lower_after_choice => 1,
+            3 if above_fork_point => 1,
             w => w,
         };
         let k = rng.below(4);
@@ -208,18 +216,24 @@ async fn run(seed: u64, mode: Mode) {
         if who >= 2 {
             puts.push(format!("{name}{k}"));
         }
-        fork_phase_updates(&[&l1, &b, &l2, &c, &a], lower_after_choice, majority_fork).await;
+        fork_phase_updates(&[&l1, &b, &l2, &c, &a], above_fork_point, majority_fork).await;
+        if let Some(h) = &holder {
+            h.update().await.unwrap();
+        }
         fin.check(&[&a, &b, &c], seed).await;
         tokio::task::yield_now().await;
     }
     // Let b and c read the liar's latest and name it.
     for _ in 0..50 {
-        fork_phase_updates(&[&l1, &b, &l2, &c, &a], lower_after_choice, majority_fork).await;
+        fork_phase_updates(&[&l1, &b, &l2, &c, &a], above_fork_point, majority_fork).await;
+        if let Some(h) = &holder {
+            h.update().await.unwrap();
+        }
         tokio::task::yield_now().await;
     }
     b.append(b"pbseen=1".to_vec()).await.unwrap();
     puts.push("bseen".into());
-    if !lower_after_choice {
+    if !above_fork_point {
         c.append(b"pcseen=1".to_vec()).await.unwrap();
         puts.push("cseen".into());
     }
@@ -238,8 +252,7 @@ async fn run(seed: u64, mode: Mode) {
             "seed {seed}: the liar's fork was not committed past {fork_at} ({committed})"
         );
     }
-    let (mut high, mut lower, mut lower_sent) = (None, None, false);
-    if lower_after_choice {
+    if above_fork_point {
         // A proof at the highest position both forks hold, handed to every
         // honest peer while they are still apart (c has seen neither fork).
         for i in 0..4 {
@@ -268,15 +281,18 @@ async fn run(seed: u64, mode: Mode) {
             }
             tokio::task::yield_now().await;
         }
-        high = Some(p);
-        lower = Some(
-            Equivocation::from_blocks(
-                pk,
-                fork_at,
-                &one.get(fork_at).await.unwrap().unwrap(),
-                &two.get(fork_at).await.unwrap().unwrap(),
-            )
-            .unwrap(),
+        let h = holder.as_ref().unwrap();
+        for _ in 0..2_000 {
+            h.update().await.unwrap();
+            if h.store().get_by_key(lkey).await.unwrap().length() == two.length() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            h.store().get_by_key(lkey).await.unwrap().length(),
+            two.length(),
+            "seed {seed}: the holder lacks the second fork"
         );
     }
     cut_links(&mut links).await;
@@ -304,17 +320,18 @@ async fn run(seed: u64, mode: Mode) {
         for x in honest {
             x.update().await.unwrap();
         }
-        if let (Some(low), false) = (&lower, lower_sent) {
-            // Every peer chose at P: now a learns a proof at the fork
-            // point (as from a peer that held the second fork) and passes
-            // it on.
-            let mut chosen = true;
+        if let (Some(h), true) = (&holder, step < 10) {
+            // No peer can tell whether P is the fork point yet: no choice.
             for x in honest {
-                chosen &= !x.fork_choices().await.is_empty();
+                assert!(
+                    x.fork_choices().await.is_empty(),
+                    "seed {seed}: a choice above the fork point"
+                );
             }
-            if chosen {
-                assert!(a.add_equivocation(low.clone()).await.unwrap());
-                lower_sent = true;
+            if step == 9 {
+                // The holder of the second fork joins a and answers wants.
+                serve(h, &mut serving);
+                link(h, &a, &mut links);
             }
         }
         if majority_fork && step % 20 == 0 {
@@ -478,20 +495,16 @@ async fn run(seed: u64, mode: Mode) {
     for x in &all_choices[1..] {
         assert_eq!(lowest(x), lowest(&all_choices[0]), "seed {seed}");
     }
-    if let Some(p) = high {
-        // The case of this mode happened: a chose at P (fork one when a's
-        // and b's chains had seen the liar's node at P, else the silence),
-        // then a fork at the fork point: fork one, which a and b committed
-        // (they converged with c without a fast-forward of theirs, which a
-        // choice of fork two would have needed).
-        let a_choices = &all_choices[0];
-        assert!(
-            a_choices.len() == 2
-                && a_choices[0].position == p
-                && a_choices[1].position == fork_at
-                && a_choices[1].chosen.is_some(),
-            "seed {seed}: choices of a {a_choices:?}, P = {p}"
-        );
+    if above_fork_point {
+        // One choice, at the fork point, of fork one (which a and b
+        // committed: they converged with c without a fast-forward of
+        // theirs, which a choice of fork two would have needed).
+        for x in &all_choices {
+            assert!(
+                x.len() == 1 && x[0].position == fork_at && x[0].chosen.is_some(),
+                "seed {seed}: choices {x:?}, fork point {fork_at}"
+            );
+        }
     }
     fin.check(&honest, seed).await;
     // Every peer holds a valid proof against the liar.
@@ -581,9 +594,8 @@ async fn run(seed: u64, mode: Mode) {
 }
 
 /// One round of updates in the fork phase of [`run`] (`bases` = l1, b, l2,
-/// c, a): a only when it sees the first fork, and c not at all when it must
-/// not pin the second fork before the meeting (`lower_after_choice`: its
-/// core still downloads it).
+/// c, a): a only when it sees the first fork, and c not at all when it sees
+/// neither fork (`above_fork_point`).
 async fn fork_phase_updates(bases: &[&Autobase; 5], c_silent: bool, a_sees: bool) {
     for (i, x) in bases.iter().enumerate() {
         if (i == 3 && c_silent) || (i == 4 && !a_sees) {
@@ -675,11 +687,11 @@ async fn a_fork_committed_with_the_forking_indexers_vote_converges() {
 }
 
 /// The known case again, with a proof at a higher position than the fork
-/// point reaching every honest peer first (see [`Mode`]): a and b choose
-/// fork one there, then a proof at a lower position opens a second choice,
-/// which names the same fork, and every property holds as before.
+/// point reaching every honest peer first (see [`Mode`]): nobody chooses
+/// until the proof is lowered to the fork point, then everyone chooses
+/// there, once, the fork a and b committed; every property holds as before.
 #[tokio::test]
-async fn a_lower_proof_after_a_fork_choice_keeps_the_choice() {
+async fn a_proof_above_the_fork_point_is_chosen_on_only_at_the_fork_point() {
     let seeds: u64 = std::env::var("AUTOBASE_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -690,7 +702,7 @@ async fn a_lower_proof_after_a_fork_choice_keeps_the_choice() {
             Mode {
                 liar_indexes: true,
                 majority_fork: true,
-                lower_after_choice: true,
+                above_fork_point: true,
                 ..Mode::default()
             },
         )
