@@ -327,6 +327,10 @@ struct State {
     /// Whether the last pull left a block waiting on another fork of a
     /// writer that is not cut yet.
     fork_blocked: bool,
+    /// Whether the last pull left a block waiting for fetched nodes that
+    /// tell whether a node it pins leaves the chosen fork (this peer's):
+    /// a wait for the network, not a reason to fast-forward.
+    fork_fetching: bool,
     /// Nodes of other forks of proven forkers that heads pin: wanted and
     /// fetched (see `forks.rs`).
     forks: OtherForks,
@@ -685,6 +689,7 @@ impl AutobaseBuilder {
                 evidence_written: HashMap::new(),
                 silenced: Vec::new(),
                 fork_blocked: false,
+                fork_fetching: false,
                 forks: OtherForks::default(),
                 choice: fork_state,
                 fork_points: HashSet::new(),
@@ -815,7 +820,7 @@ impl Autobase {
         let mut st = self.inner.state.lock().await;
         self.pull(&mut st).await?;
         self.settle(&mut st).await?;
-        if st.fork_blocked || self.any_open(&st) {
+        if st.fork_blocked || st.fork_fetching || self.any_open(&st) {
             // Blocked on another fork's nodes, or a fork choice waits (for
             // the nodes that show the fork point, or for attestations): ask
             // for them again (a want sent while no peer that holds them
@@ -1892,8 +1897,11 @@ impl Autobase {
     /// Reads every input's new blocks into the linearizer, as far as their
     /// heads are known.
     async fn pull(&self, st: &mut State) -> Result<(), Error> {
-        st.fork_blocked = false;
         loop {
+            // Set again by the blocks that still wait in this round (a block
+            // that waited in an earlier round may have been placed since).
+            st.fork_blocked = false;
+            st.fork_fetching = false;
             self.choose(st).await?;
             if self.silences(st) != st.silenced {
                 // A new (or earlier) proof against an indexer: start the
@@ -2221,7 +2229,7 @@ impl Autobase {
                     // waits (it may extend this fork).
                     self.want_fork(st, (h.key, node.seq, named.hash)).await?;
                     if !self.on_other_fork(st, h.key, node.seq, named.hash).await? {
-                        st.fork_blocked = true;
+                        st.fork_fetching = true;
                         self.want_pins_ahead(st, id, seq + 1, h.key).await?;
                         return Ok(false);
                     }

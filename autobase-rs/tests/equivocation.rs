@@ -353,6 +353,17 @@ async fn run(seed: u64, mode: Mode) {
             eprintln!("seed {seed} step {step}:{s}");
         }
         fin.check(&honest, seed).await;
+        if majority_fork {
+            // a and b hold the fork that gets chosen: once chosen, they
+            // never need a fast-forward (they may wait for fetched nodes).
+            for x in [&a, &b] {
+                let chosen = x.fork_choices().await.iter().any(|c| c.chosen.is_some());
+                assert!(
+                    !(chosen && x.needs_fast_forward().await),
+                    "seed {seed}: a peer on the chosen fork asks for a fast-forward"
+                );
+            }
+        }
         // The liar is cut at one point on every peer: two indexed cuts
         // never differ (a fast, direct form of the finality check).
         let mut indexed_cuts = Vec::new();
