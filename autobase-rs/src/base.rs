@@ -252,6 +252,13 @@ pub enum Event {
         /// The writer's key.
         writer: [u8; 32],
     },
+    /// This peer started from a signed checkpoint
+    /// ([`Autobase::fast_forward`] and the calls built on it): its views
+    /// were replaced, not applied, up to this indexed length.
+    FastForwarded {
+        /// Indexed length of the checkpoint, in nodes.
+        indexed_length: u64,
+    },
 }
 
 /// What is persisted with every commit of the indexed prefix.
@@ -1132,6 +1139,9 @@ impl Autobase {
             }
         }
         self.persist_chain(&st).await?;
+        self.emit(Event::FastForwarded {
+            indexed_length: cp.indexed_length,
+        });
         self.pull(&mut st).await?;
         self.settle(&mut st).await
     }
@@ -2775,6 +2785,10 @@ const MSG_BLOCKS: u8 = 2;
 const MSG_EQUIVOCATION: u8 = 3;
 const MSG_TRANSITION: u8 = 4;
 const MSG_FORK_WANT: u8 = 5;
+/// First and longest delay between fast-forward attempts of a peer that
+/// needs one ([`Autobase::checkpoint_duty`]).
+const RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 /// The most later blocks of an input scanned at once for pins of another
 /// fork ([`Autobase::want_pins_ahead`]).
 const PINS_AHEAD: u64 = 256;
@@ -3070,6 +3084,85 @@ impl Autobase {
                 offer.extend_from_slice(&s.encode());
                 core.send_extension(CHECKPOINT_EXTENSION, offer);
             }
+        }
+    }
+
+    /// Keeps this peer in step with its peers through checkpoints, for as
+    /// long as the base's replication runs (call it next to
+    /// [`Autobase::replicate`], once per base, not per session):
+    /// - serves checkpoints ([`Autobase::serve_checkpoints`]);
+    /// - a peer that has indexed nothing yet (a new joiner of a long-lived
+    ///   base) first asks its peers for a checkpoint and starts from it
+    ///   instead of replaying every input, if one signed by a quorum it
+    ///   trusts arrives within `wait`;
+    /// - after every burst of [`Event`]s, a peer that
+    ///   [`Autobase::needs_fast_forward`] (left on a fork of a writer that
+    ///   the others cut, or on a fork that was not chosen) asks again and
+    ///   so recovers on its own.
+    ///
+    /// A forged, stale or missing checkpoint is not an error: the peer keeps
+    /// replaying. Each installed checkpoint is announced by
+    /// [`Event::FastForwarded`]. Ends when the base's extension channel
+    /// closes, or with the first storage error.
+    pub async fn checkpoint_duty(&self, wait: std::time::Duration) -> Result<(), Error> {
+        let serve = self.serve_checkpoints();
+        let recover = async {
+            use futures::FutureExt;
+            let clock: Arc<dyn hypercore_rs::Clock> = self
+                .inner
+                .clock
+                .clone()
+                .unwrap_or_else(|| Arc::new(hypercore_rs::ThreadClock));
+            let mut events = self.events().fuse();
+            if self.indexed_length().await == 0 {
+                self.try_fast_forward(wait).await?;
+            }
+            // Looks now (the peer may be stuck already), then after every
+            // burst of events. After a failed attempt it tries again on the
+            // next event or when the retry delay has passed, whichever
+            // comes first (a peer stuck on the wrong fork may see no event
+            // at all).
+            let mut retry: Option<std::time::Duration> = (self.needs_fast_forward().await
+                && !self.try_fast_forward(wait).await?)
+                .then_some(RETRY_MIN);
+            loop {
+                let event = match retry {
+                    None => events.next().await.map(|_| ()),
+                    Some(d) => {
+                        let mut tick = clock.sleep(d).fuse();
+                        futures::select! {
+                            e = events.next() => e.map(|_| ()),
+                            _ = tick => Some(()),
+                        }
+                    }
+                };
+                if event.is_none() {
+                    break;
+                }
+                // One look per burst of events.
+                while let Some(Some(_)) = events.next().now_or_never() {}
+                if !self.needs_fast_forward().await || self.try_fast_forward(wait).await? {
+                    retry = None;
+                } else {
+                    retry = Some(retry.map_or(RETRY_MIN, |d| (d * 2).min(RETRY_MAX)));
+                }
+            }
+            Ok::<(), Error>(())
+        };
+        futures::future::try_join(serve, recover).await.map(|_| ())
+    }
+
+    /// [`Autobase::fast_forward_from_peers`], then an update; a refused or
+    /// missing checkpoint is `Ok(false)` (only storage errors are errors).
+    async fn try_fast_forward(&self, wait: std::time::Duration) -> Result<bool, Error> {
+        match self.fast_forward_from_peers(wait).await {
+            Ok(true) => {
+                self.update().await?;
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(Error::Core(e)) => Err(Error::Core(e)),
+            Err(_) => Ok(false),
         }
     }
 

@@ -138,6 +138,52 @@ async fn a_late_joiner_fetches_the_checkpoint_from_peers() {
     assert_eq!(dump(&d).await.len(), 130);
 }
 
+/// The same without calling `fast_forward_from_peers`: every peer runs
+/// `checkpoint_duty`, and a joiner that has indexed nothing starts from
+/// the checkpoint on its own (no `apply` call for the history), announces
+/// it, and goes on.
+#[tokio::test]
+async fn a_joiner_running_the_checkpoint_duty_starts_from_a_checkpoint() {
+    let (a, b) = history(40).await;
+    let history = a.indexed_length().await;
+    for x in [&a, &b] {
+        let x = x.clone();
+        tokio::spawn(async move { x.checkpoint_duty(Duration::from_secs(10)).await });
+    }
+    let (d, calls) = open(Arc::new(MemoryStorage::new()), Some(a.key())).await;
+    let mut events = d.events();
+    {
+        let d = d.clone();
+        tokio::spawn(async move { d.checkpoint_duty(Duration::from_secs(10)).await });
+    }
+    connect(&a, &d);
+    connect(&b, &d);
+    let wait_event = async {
+        while let Some(e) = events.next().await {
+            if let autobase_rs::Event::FastForwarded { indexed_length } = e {
+                return indexed_length;
+            }
+        }
+        0
+    };
+    let timeout = hypercore_rs::Clock::sleep(&hypercore_rs::ThreadClock, Duration::from_secs(20));
+    futures::pin_mut!(wait_event);
+    let installed = match futures::future::select(wait_event, timeout).await {
+        futures::future::Either::Left((n, _)) => n,
+        futures::future::Either::Right(_) => panic!("no checkpoint installed"),
+    };
+    assert_eq!(installed, history);
+    assert_eq!(calls.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        d.view_hash("view").await.unwrap(),
+        a.view_hash("view").await.unwrap()
+    );
+    a.append(b"pafter=1".to_vec()).await.unwrap();
+    settle(&[&a, &b, &d], || async { converged(&[&a, &b, &d]).await }).await;
+    assert!(calls.load(Ordering::Relaxed) < 20);
+    assert_eq!(dump(&d).await.len(), 81);
+}
+
 #[tokio::test]
 async fn a_forged_answer_is_ignored_and_the_joiner_replays() {
     let (a, b) = history(20).await;

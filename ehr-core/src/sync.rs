@@ -224,43 +224,35 @@ impl Record {
     ///   others cut ([`autobase_rs::Autobase::needs_fast_forward`]) starts
     ///   from their checkpoint past the cut, and so recovers.
     ///
+    /// That is [`autobase_rs::Autobase::checkpoint_duty`], plus reading the
+    /// record's genesis and firewall again after each installed checkpoint.
     /// Runs until the record's extension channel closes. A refused or
-    /// missing checkpoint is not an error: the device keeps replaying.
+    /// missing checkpoint is not an error: the device keeps replaying; a
+    /// storage error ends the duty.
     pub async fn checkpoint_duty(&self, wait: Duration) -> Result<(), Error> {
         let base = self.base().clone();
-        let serve = async {
-            base.serve_checkpoints()
+        // Subscribed before the duty runs, so no installed checkpoint is
+        // missed: after one, what the record derives from its view
+        // (genesis, firewall) is read again.
+        let mut events = base.events();
+        let duty = async {
+            base.checkpoint_duty(wait)
                 .await
                 .map_err(|e| Error::Storage(e.to_string()))
         };
-        let recover = async {
-            let mut events = base.events();
-            if base.indexed_length().await == 0 {
-                self.try_fast_forward(wait).await?;
-            }
-            while events.next().await.is_some() {
-                // One look per burst of events.
-                while let Some(Some(_)) = futures::FutureExt::now_or_never(events.next()) {}
-                if base.needs_fast_forward().await {
-                    self.try_fast_forward(wait).await?;
+        let refresh = async {
+            while let Some(e) = events.next().await {
+                if matches!(e, autobase_rs::Event::FastForwarded { .. }) {
+                    self.update().await?;
                 }
             }
             Ok::<(), Error>(())
         };
-        futures::future::try_join(serve, recover).await.map(|_| ())
-    }
-
-    /// Fast-forwards from a checkpoint the peers send within `wait`, then
-    /// refreshes what the record derives from its view (genesis,
-    /// firewall); `false` when none was installed.
-    async fn try_fast_forward(&self, wait: Duration) -> Result<bool, Error> {
-        match self.base().fast_forward_from_peers(wait).await {
-            Ok(true) => {
-                self.update().await?;
-                Ok(true)
-            }
-            // Forged, stale or missing checkpoints: keep replaying.
-            Ok(false) | Err(_) => Ok(false),
+        futures::pin_mut!(duty);
+        futures::pin_mut!(refresh);
+        // Ends with the duty (its channel closed) or with a failed refresh.
+        match futures::future::select(duty, refresh).await {
+            futures::future::Either::Left((r, _)) | futures::future::Either::Right((r, _)) => r,
         }
     }
 }
