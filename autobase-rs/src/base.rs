@@ -1761,7 +1761,7 @@ impl Autobase {
             .and_then(|w| st.inputs.get(&w))
             .map_or(0, |i| i.core.length());
         let start = from.max(scanned);
-        let end = core.length().min(start + PINS_AHEAD);
+        let end = core.length().min(start.saturating_add(PINS_AHEAD));
         let mut top: Option<(u64, [u8; 32])> = None;
         let mut seq = start;
         while seq < end {
@@ -1856,15 +1856,21 @@ impl Autobase {
     /// arrives in one round trip instead of one per node; blocks below its
     /// fork point are not wanted and are dropped.
     async fn answer_fork_want(&self, core: &Core, node: ForkNode) -> Result<(), Error> {
-        let st = self.inner.state.lock().await;
+        let mut st = self.inner.state.lock().await;
         let (key, mut seq, mut hash) = node;
         let input = st
             .lin
             .writer_id(&key)
             .and_then(|id| st.inputs.get(&id))
             .map(|i| i.core.clone());
+        // A 73-byte want must not buy 256 KiB of answers at will: the chain
+        // goes only for a writer proven to fork here, once per wanted node
+        // (a want asked again gets that node alone, and its requester wants
+        // the nodes below one by one if it lost the chain).
+        let chain = st.proofs.contains_key(&key) && st.forks.answer_chain_once(node);
+        let limit = if chain { crate::forks::ANSWER_CHAIN } else { 1 };
         let mut sent_bytes = 0usize;
-        for _ in 0..crate::forks::ANSWER_CHAIN {
+        for _ in 0..limit {
             let mut bytes = st.forks.get(&(key, seq, hash)).map(|b| b.bytes.to_vec());
             if bytes.is_none() {
                 if let Some(c) = input.as_ref().filter(|c| seq < c.length()) {

@@ -46,9 +46,21 @@ pub(crate) struct ForkBlock {
 pub(crate) struct OtherForks {
     wants: BTreeSet<ForkNode>,
     blocks: BTreeMap<ForkNode, ForkBlock>,
+    /// Wanted nodes this peer answered with a chain (forgotten in bulk
+    /// past [`MAX_FORK_WANTS`]).
+    chained: BTreeSet<ForkNode>,
 }
 
 impl OtherForks {
+    /// Whether a want of `node` may be answered with the chain below it:
+    /// the first time only (then it is remembered).
+    pub(crate) fn answer_chain_once(&mut self, node: ForkNode) -> bool {
+        if self.chained.len() >= MAX_FORK_WANTS {
+            self.chained.clear();
+        }
+        self.chained.insert(node)
+    }
+
     /// Wants node `(key, seq, hash)`; `true` when it is newly wanted (not
     /// held, not wanted yet, and within the bounds).
     pub(crate) fn want(&mut self, node: ForkNode) -> bool {
@@ -200,6 +212,19 @@ mod tests {
         // Genuine, wanted, but arriving again: nothing more.
         assert!(f.offer(w, 1, &b1, &vk).is_none());
         let _ = b0;
+    }
+
+    #[test]
+    fn a_chain_is_answered_once_per_node() {
+        let mut f = OtherForks::default();
+        let n = ([1; 32], 5, [2; 32]);
+        assert!(f.answer_chain_once(n));
+        assert!(!f.answer_chain_once(n), "asked again: the node alone");
+        assert!(f.answer_chain_once(([1; 32], 4, [3; 32])));
+        for i in 0..(MAX_FORK_WANTS as u64 + 5) {
+            f.answer_chain_once(([9; 32], i, [0; 32]));
+        }
+        assert!(f.chained.len() <= MAX_FORK_WANTS, "bounded");
     }
 
     #[test]
