@@ -1584,8 +1584,14 @@ impl Autobase {
             .iter()
             .map(|(w, p)| (*w, p.seq, [p.a.hash, p.b.hash]))
             .collect();
+        let indexers = st.base_host.indexer_keys();
         for (w, s, hashes) in proofs {
-            if st.fork_points.contains(&(w, s)) || st.choice.chosen(&w, s).is_some() {
+            // Only forking indexers get a fork choice.
+            if !indexers.contains(&w)
+                || st.base_host.cut(&w).is_some()
+                || st.fork_points.contains(&(w, s))
+                || st.choice.chosen(&w, s).is_some()
+            {
                 continue;
             }
             let Some(below) = s.checked_sub(1) else {
