@@ -135,15 +135,19 @@ mod tests {
     use ed25519_dalek::SigningKey;
     use proptest::prelude::*;
 
-    fn node(key: &SigningKey, seq: u64, v: u8) -> SignedNode {
-        let b = Block {
+    /// A one-value block at `seq` (its `prev` is made up).
+    fn block(seq: u64, v: u8) -> Block {
+        Block {
             version: crate::node::NODE_VERSION,
             height: 1,
             prev: if seq == 0 { [0; 32] } else { [1; 32] },
             heads: vec![],
             body: Body::Values(vec![serde_bytes::ByteBuf::from(vec![v])]),
-        };
-        let (_, hash, signature) = b.sign(seq, key);
+        }
+    }
+
+    fn node(key: &SigningKey, seq: u64, v: u8) -> SignedNode {
+        let (_, hash, signature) = block(seq, v).sign(seq, key);
         SignedNode { hash, signature }
     }
 
@@ -173,16 +177,7 @@ mod tests {
     fn a_proof_from_raw_blocks() {
         let k = SigningKey::from_bytes(&[1; 32]);
         let pk = k.verifying_key().to_bytes();
-        let raw = |seq: u64, v: u8, key: &SigningKey| {
-            let b = Block {
-                version: crate::node::NODE_VERSION,
-                height: 1,
-                prev: if seq == 0 { [0; 32] } else { [1; 32] },
-                heads: vec![],
-                body: Body::Values(vec![serde_bytes::ByteBuf::from(vec![v])]),
-            };
-            b.sign(seq, key).0
-        };
+        let raw = |seq: u64, v: u8, key: &SigningKey| block(seq, v).sign(seq, key).0;
         let (x, y) = (raw(4, 1, &k), raw(4, 2, &k));
         let p = Equivocation::from_blocks(pk, 4, &x, &y).unwrap();
         assert_eq!(p, Equivocation::new(pk, 4, node(&k, 4, 1), node(&k, 4, 2)));
