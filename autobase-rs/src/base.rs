@@ -92,8 +92,9 @@ pub struct Cut {
 }
 
 /// A fork choice made about a forking indexer (the attested fork choice,
-/// `DESIGN.md`): at `position`, the lowest position this peer had proven
-/// it to fork at when every other indexer's attestation was in.
+/// `DESIGN.md`): at `position`, its fork point (the lowest position this
+/// peer had proven it to fork at, verified to be where the two forks part),
+/// once every other indexer's attestation was in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ForkChoice {
@@ -1206,9 +1207,10 @@ impl Autobase {
     }
 
     /// The fork choices this peer made about forking indexers, in the order
-    /// it made them (stored, so they survive a restart). A proof at a lower
-    /// position found after a choice opens a new choice at that position;
-    /// both stay listed.
+    /// it made them (stored, so they survive a restart). One per forker
+    /// normally; a liar with three or more forks can have a lower fork
+    /// point found after a choice, which opens a new choice there (both
+    /// stay listed).
     pub async fn fork_choices(&self) -> Vec<ForkChoice> {
         let st = self.inner.state.lock().await;
         st.choice
@@ -3107,10 +3109,11 @@ impl Autobase {
     ///   base) first asks its peers for a checkpoint and starts from it
     ///   instead of replaying every input, if one signed by a quorum it
     ///   trusts arrives within `wait`;
-    /// - after every burst of [`Event`]s, a peer that
+    /// - when it starts and after every burst of [`Event`]s, a peer that
     ///   [`Autobase::needs_fast_forward`] (left on a fork of a writer that
-    ///   the others cut, or on a fork that was not chosen) asks again and
-    ///   so recovers on its own.
+    ///   the others cut, or on a fork that was not chosen) asks again, and
+    ///   after a failed attempt again 100 ms later (doubling up to 5 s), so
+    ///   it recovers on its own.
     ///
     /// A forged, stale or missing checkpoint is not an error: the peer keeps
     /// replaying. Each installed checkpoint is announced by
@@ -3172,9 +3175,8 @@ impl Autobase {
                 self.update().await?;
                 Ok(true)
             }
-            Ok(false) => Ok(false),
-            Err(Error::Core(e)) => Err(Error::Core(e)),
-            Err(_) => Ok(false),
+            Err(e @ Error::Core(_)) => Err(e),
+            Ok(false) | Err(_) => Ok(false),
         }
     }
 
