@@ -71,6 +71,45 @@ async fn seeded(storage: Arc<dyn Storage>, seed: [u8; 32], key: [u8; 32]) -> Aut
     .unwrap()
 }
 
+/// The second copy of the liar `l1`: a base over a new store with the same
+/// seed (so the same writer key), holding the same input blocks, caught up
+/// with the honest history they name from `a` (linked for that, then
+/// unlinked). Returns it and the fork position (the input's length).
+async fn second_copy(
+    l1: &Autobase,
+    a: &Autobase,
+    liar_seed: [u8; 32],
+    key: [u8; 32],
+    links: &mut Links,
+) -> (Autobase, u64) {
+    let l2 = seeded(Arc::new(MemoryStorage::new()), liar_seed, key).await;
+    let lkey = l1.local_writer_key();
+    assert_eq!(l2.local_writer_key(), lkey);
+    let src = l1.store().get_by_key(lkey).await.unwrap();
+    let dst = l2.store().get_by_key(lkey).await.unwrap();
+    let fork_at = src.length();
+    for i in 0..src.length() {
+        dst.append(&src.get(i).await.unwrap().unwrap())
+            .await
+            .unwrap();
+    }
+    link(a, &l2, links);
+    // l2's input was written outside its base: until it has read the
+    // heads its blocks name it cannot append (an indexer's ack then fails
+    // with `InputRejected`), so its update errors are expected here.
+    for i in 0.. {
+        a.update().await.unwrap();
+        let _ = l2.update().await;
+        if l2.heads().await == a.heads().await {
+            break;
+        }
+        assert!(i < 20_000, "the liar's copy did not catch up");
+        tokio::task::yield_now().await;
+    }
+    cut_links(links).await;
+    (l2, fork_at)
+}
+
 /// Indexed length -> view hash, over every peer and every moment.
 #[derive(Default)]
 struct Finality(HashMap<u64, [u8; 32]>);
@@ -153,33 +192,8 @@ async fn run(seed: u64, mode: Mode) {
     settle(&all, || converged(&all)).await;
     cut_links(&mut links).await;
 
-    // The second copy of the liar: same key, same first blocks, and the
-    // honest history they name (from a).
-    let l2 = seeded(Arc::new(MemoryStorage::new()), liar_seed, key).await;
+    let (l2, fork_at) = second_copy(&l1, &a, liar_seed, key, &mut links).await;
     let lkey = l1.local_writer_key();
-    assert_eq!(l2.local_writer_key(), lkey);
-    let src = l1.store().get_by_key(lkey).await.unwrap();
-    let dst = l2.store().get_by_key(lkey).await.unwrap();
-    let fork_at = src.length();
-    for i in 0..src.length() {
-        dst.append(&src.get(i).await.unwrap().unwrap())
-            .await
-            .unwrap();
-    }
-    link(&a, &l2, &mut links);
-    // l2's input was written outside its base: until it has read the
-    // heads its blocks name it cannot append (an indexer's ack then fails
-    // with `InputRejected`), so its update errors are expected here.
-    for i in 0.. {
-        a.update().await.unwrap();
-        let _ = l2.update().await;
-        if l2.heads().await == a.heads().await {
-            break;
-        }
-        assert!(i < 20_000, "seed {seed}: the liar's copy did not catch up");
-        tokio::task::yield_now().await;
-    }
-    cut_links(&mut links).await;
 
     // The fork: l1 shows one continuation to b, l2 another to c; b and c
     // (and a, alone) write too, naming what they saw.
@@ -781,27 +795,8 @@ async fn a_peer_on_the_other_fork_fetches_the_pinned_nodes() {
     settle(&all, || converged(&all)).await;
     cut_links(&mut links).await;
 
-    let l2 = seeded(Arc::new(MemoryStorage::new()), liar_seed, key).await;
+    let (l2, fork_at) = second_copy(&l1, &a, liar_seed, key, &mut links).await;
     let lkey = l1.local_writer_key();
-    let src = l1.store().get_by_key(lkey).await.unwrap();
-    let dst = l2.store().get_by_key(lkey).await.unwrap();
-    let fork_at = src.length();
-    for i in 0..src.length() {
-        dst.append(&src.get(i).await.unwrap().unwrap())
-            .await
-            .unwrap();
-    }
-    link(&a, &l2, &mut links);
-    for i in 0.. {
-        a.update().await.unwrap();
-        let _ = l2.update().await;
-        if l2.heads().await == a.heads().await {
-            break;
-        }
-        assert!(i < 20_000, "the liar's copy did not catch up");
-        tokio::task::yield_now().await;
-    }
-    cut_links(&mut links).await;
 
     // Three nodes on each fork; a pins the top of fork one, c the top of
     // fork two.
